@@ -1,0 +1,64 @@
+# prometheus-metrics-proxy-hook
+#
+#   make demo   local control plane + chart + walkthrough (see README)
+#   make test   every test, installing what the tests need
+#
+# Pieces of the build that belong to one area live in hack/mk/*.mk and append
+# to TEST_DEPS / TEST_TARGETS, so that `make test` stays the one entry point.
+
+SHELL := /usr/bin/env bash -o pipefail
+.SHELLFLAGS := -ec
+.DEFAULT_GOAL := help
+
+GO        ?= go
+ROOT      := $(CURDIR)
+TOOLS_BIN := $(ROOT)/.tools/bin
+BIN_DIR   := $(ROOT)/bin
+BINARY    := $(BIN_DIR)/prometheus-metrics-proxy-hook
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+REVISION  ?= $(shell git rev-parse --verify -q HEAD 2>/dev/null || echo unknown)
+LDFLAGS   := -s -w \
+	-X github.com/kaidotio/prometheus-metrics-proxy-hook/src/buildinfo.Version=$(VERSION) \
+	-X github.com/kaidotio/prometheus-metrics-proxy-hook/src/buildinfo.Revision=$(REVISION)
+
+export PATH := $(TOOLS_BIN):$(PATH)
+export PMPH_TOOLS_BIN := $(TOOLS_BIN)
+
+# Commands the Go tests start as real processes, as command:debian-package.
+APT_DEPS := redis-server:redis-server
+TEST_DEPS :=
+TEST_TARGETS := test-go
+
+-include hack/mk/*.mk
+
+.PHONY: help
+help:
+	@echo "make demo      start a local control plane, install the chart, walk through the scenarios"
+	@echo "make test      run every test (installs redis-server, etcd, prometheus, kube-apiserver... when missing)"
+	@echo "make build     build $(BINARY)"
+	@echo "make lint      gofmt check and go vet"
+	@echo "make bench     run the benchmarks"
+
+.PHONY: build
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BINARY) ./src/cmd/prometheus-metrics-proxy-hook
+
+.PHONY: apt-deps
+apt-deps:
+	@hack/ensure-apt.sh $(APT_DEPS)
+
+.PHONY: lint
+lint:
+	@out=$$(gofmt -l src e2e hack 2>/dev/null); if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+.PHONY: test
+test: lint $(TEST_TARGETS)
+
+.PHONY: test-go
+test-go: apt-deps $(TEST_DEPS)
+	$(GO) test -race -count=1 -timeout 30m ./...
+
+.PHONY: bench
+bench: apt-deps
+	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./src/...

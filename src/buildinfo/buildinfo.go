@@ -1,0 +1,19 @@
+// Package buildinfo holds the version stamped into the binary at link time.
+package buildinfo
+
+import "runtime"
+
+// These are set with -ldflags "-X github.com/kaidotio/prometheus-metrics-proxy-hook/src/buildinfo.Version=..."
+// and are read-only after start-up.
+var (
+	Version  = "dev"
+	Revision = "unknown"
+)
+
+// GoVersion is the Go release the binary was built with.
+func GoVersion() string { return runtime.Version() }
+
+// String is the one-line form printed by the version subcommand.
+func String() string {
+	return "prometheus-metrics-proxy-hook " + Version + " (revision " + Revision + ", " + GoVersion() + ")"
+}
