@@ -1,0 +1,271 @@
+#!/usr/bin/env bash
+# Installs the tools the tests and the demo run, into $PMPH_TOOLS_BIN
+# (default <repo>/.tools/bin).
+#
+#   hack/install-tools.sh [TOOL...]       install TOOLs (no argument: all of them)
+#   hack/install-tools.sh --ct-etc        print the directory holding chart-testing's
+#                                         lintconf.yaml and chart_schema.yaml
+#   hack/install-tools.sh --list          print the tool names
+#
+# Go tools are built from the pinned tools modules in hack/tools/<module>/ and
+# each binary gets a stamp file (.stamps/<tool>) describing what it was built
+# from: the pinned version, the tools module's go.mod and go.sum, the linker
+# flags and the Go version. A tool whose stamp matches is not touched, so a
+# second run takes well under a second; bumping a pin changes the stamp and
+# rebuilds. Debian packages go through hack/ensure-apt.sh.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BIN=${PMPH_TOOLS_BIN:-$ROOT/.tools/bin}
+GO=${GO:-go}
+# The directory of chart-testing's config files sits next to the bin directory
+# so that a custom PMPH_TOOLS_BIN carries its own copy.
+CT_ETC=$(dirname "$BIN")/etc/ct
+
+KUBE_VERSION=v1.37.2
+HELM_VERSION=v3.22.0
+CT_VERSION=v3.14.0
+ACTIONLINT_VERSION=v1.7.12
+
+GO_TOOLS=(kube-apiserver kube-controller-manager kubectl helm ct actionlint)
+# command:debian-package, as hack/ensure-apt.sh takes them.
+APT_TOOLS=(etcd:etcd-server redis-server:redis-server prometheus:prometheus yamllint:yamllint openssl:openssl)
+
+die() {
+	echo "install-tools: $*" >&2
+	exit 1
+}
+
+all_tool_names() {
+	printf '%s\n' "${GO_TOOLS[@]}"
+	for pair in "${APT_TOOLS[@]}"; do echo "${pair%%:*}"; done
+}
+
+case "${1:-}" in
+--list)
+	all_tool_names
+	exit 0
+	;;
+--ct-etc)
+	echo "$CT_ETC"
+	exit 0
+	;;
+-h | --help)
+	sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+	exit 0
+	;;
+esac
+
+# Module directory and package of each Go tool.
+tool_module() {
+	case $1 in
+	kube-apiserver | kube-controller-manager | kubectl) echo kubernetes ;;
+	helm) echo helm ;;
+	ct) echo chart-testing ;;
+	actionlint) echo actionlint ;;
+	*) return 1 ;;
+	esac
+}
+
+tool_package() {
+	case $1 in
+	kube-apiserver | kube-controller-manager | kubectl) echo "k8s.io/kubernetes/cmd/$1" ;;
+	helm) echo helm.sh/helm/v3/cmd/helm ;;
+	ct) echo github.com/helm/chart-testing/v3/ct ;;
+	actionlint) echo github.com/rhysd/actionlint/cmd/actionlint ;;
+	*) return 1 ;;
+	esac
+}
+
+tool_version() {
+	case $(tool_module "$1") in
+	kubernetes) echo "$KUBE_VERSION" ;;
+	helm) echo "$HELM_VERSION" ;;
+	chart-testing) echo "$CT_VERSION" ;;
+	actionlint) echo "$ACTIONLINT_VERSION" ;;
+	esac
+}
+
+# Linker flags that make each binary report its real version: without them
+# Kubernetes reports v0.0.0-master (which `kubectl version` cannot parse), helm
+# reports v3.22 and assumes Kubernetes 1.20 for `helm template`, ct says
+# "unreleased" and actionlint prints the tools module's version.
+tool_ldflags() {
+	local v
+	v=$(tool_version "$1")
+	case $(tool_module "$1") in
+	kubernetes)
+		local major minor flags=""
+		major=${v#v}
+		major=${major%%.*}
+		minor=${v#v*.}
+		minor=${minor%%.*}
+		for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+			flags+=" -X $p.gitVersion=$v -X $p.gitMajor=$major -X $p.gitMinor=$minor"
+			flags+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
+		done
+		echo "${flags# }"
+		;;
+	helm)
+		# Helm's own Makefile derives the default Kubernetes version from the
+		# client-go minor it is built with (v0.37 -> 1.37).
+		local kminor
+		kminor=$(GOWORK=off "$GO" -C "$ROOT/hack/tools/helm" list -m -f '{{.Version}}' k8s.io/client-go)
+		kminor=${kminor#v0.}
+		kminor=${kminor%%.*}
+		echo "-X helm.sh/helm/v3/internal/version.version=$v -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
+			"-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$kminor" \
+			"-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$kminor"
+		;;
+	chart-testing) echo "-X github.com/helm/chart-testing/v3/ct/cmd.Version=$v" ;;
+	actionlint) echo "-X github.com/rhysd/actionlint.version=$v" ;;
+	esac
+}
+
+# The stamp names everything that changes the binary. The helm flags ask the go
+# command for the client-go version, so they are left out of the stamp (the
+# go.sum hash already covers that) to keep the up-to-date check free of go
+# invocations other than `go env GOVERSION`.
+tool_stamp() {
+	local mod ldflags
+	mod=$(tool_module "$1")
+	if [ "$mod" = helm ]; then ldflags=helm-makefile-flags; else ldflags=$(tool_ldflags "$1"); fi
+	{
+		echo "tool=$1 version=$(tool_version "$1") go=$GO_VERSION cgo=0"
+		echo "ldflags=$ldflags"
+		cat "$ROOT/hack/tools/$mod/go.mod" "$ROOT/hack/tools/$mod/go.sum"
+	} | sha256sum | cut -d' ' -f1
+}
+
+up_to_date() {
+	local tool=$1
+	[ -x "$BIN/$tool" ] || return 1
+	[ -f "$BIN/.stamps/$tool" ] || return 1
+	[ "$(cat "$BIN/.stamps/$tool")" = "$(tool_stamp "$tool")" ] || return 1
+	if [ "$tool" = ct ]; then
+		[ -f "$CT_ETC/lintconf.yaml" ] && [ -f "$CT_ETC/chart_schema.yaml" ] || return 1
+	fi
+}
+
+TICKER_PID=""
+TMP_DIR=""
+cleanup() {
+	if [ -n "$TICKER_PID" ]; then kill "$TICKER_PID" 2>/dev/null || true; fi
+	if [ -n "$TMP_DIR" ]; then rm -rf "$TMP_DIR"; fi
+}
+trap cleanup EXIT
+
+# Builds the given tools of one tools module in one `go build` (the packages
+# share most of their dependencies, so one invocation schedules them best),
+# printing a line every 30 s so a cold build (minutes) does not look stuck.
+build_tools() {
+	local mod=$1
+	shift
+	local tools=("$@") pkgs=() t ldflags="" start rc
+	for t in "${tools[@]}"; do pkgs+=("$(tool_package "$t")"); done
+	# One module builds with one set of linker flags; the flags of every tool
+	# of the module are identical by construction (tool_ldflags is per module).
+	ldflags=$(tool_ldflags "${tools[0]}")
+	TMP_DIR=$(mktemp -d "$BIN/.build.XXXXXX")
+	echo ">> building ${tools[*]} $(tool_version "${tools[0]}") (hack/tools/$mod)" >&2
+	start=$SECONDS
+	(
+		# The ticker's own sleep is ended with it, so nothing outlives a run.
+		trap - EXIT
+		trap 'kill "$nap" 2>/dev/null; exit 0' TERM
+		while :; do
+			sleep 30 &
+			nap=$!
+			wait "$nap"
+			echo "   still building ${tools[*]} ($((SECONDS - start))s)" >&2
+		done
+	) &
+	TICKER_PID=$!
+	rc=0
+	# -mod=readonly: the committed go.sum is the pin; a build must not edit it.
+	# GOWORK=off: a go.work elsewhere in the tree must not pull the tools into
+	# another module graph. CGO off as in the upstream release builds, so no C
+	# compiler is needed.
+	CGO_ENABLED=0 GOWORK=off GOFLAGS="${GOFLAGS:-} -mod=readonly -buildvcs=false" \
+		"$GO" -C "$ROOT/hack/tools/$mod" build -trimpath -ldflags "$ldflags" -o "$TMP_DIR/" "${pkgs[@]}" || rc=$?
+	kill "$TICKER_PID" 2>/dev/null || true
+	wait "$TICKER_PID" 2>/dev/null || true
+	TICKER_PID=""
+	if [ "$rc" -ne 0 ]; then
+		die "building ${tools[*]} from hack/tools/$mod failed (go build exit code $rc); the output above says why."
+	fi
+	for t in "${tools[@]}"; do
+		mv -f "$TMP_DIR/$t" "$BIN/$t"
+	done
+	if [ "$mod" = chart-testing ]; then
+		local dir
+		dir=$(GOWORK=off GOFLAGS=-mod=readonly "$GO" -C "$ROOT/hack/tools/$mod" list -m -f '{{.Dir}}' github.com/helm/chart-testing/v3)
+		[ -f "$dir/etc/lintconf.yaml" ] || die "chart-testing's module directory $dir has no etc/lintconf.yaml."
+		mkdir -p "$CT_ETC"
+		cp -f "$dir/etc/lintconf.yaml" "$dir/etc/chart_schema.yaml" "$CT_ETC/"
+		chmod u+w "$CT_ETC"/*
+	fi
+	for t in "${tools[@]}"; do
+		tool_stamp "$t" >"$BIN/.stamps/$t"
+	done
+	rm -rf "$TMP_DIR"
+	TMP_DIR=""
+	echo ">> built ${tools[*]} in $((SECONDS - start))s" >&2
+}
+
+requested=("$@")
+if [ ${#requested[@]} -eq 0 ]; then
+	mapfile -t requested < <(all_tool_names)
+fi
+
+apt_pairs=()
+go_requested=()
+for tool in "${requested[@]}"; do
+	found=""
+	for pair in "${APT_TOOLS[@]}"; do
+		if [ "${pair%%:*}" = "$tool" ]; then
+			apt_pairs+=("$pair")
+			found=1
+		fi
+	done
+	if [ -z "$found" ]; then
+		tool_module "$tool" >/dev/null || die "unknown tool '$tool'; known tools are: $(all_tool_names | tr '\n' ' ')"
+		go_requested+=("$tool")
+	fi
+done
+
+if [ ${#apt_pairs[@]} -gt 0 ]; then
+	"$ROOT/hack/ensure-apt.sh" "${apt_pairs[@]}"
+fi
+[ ${#go_requested[@]} -eq 0 ] && exit 0
+
+command -v "$GO" >/dev/null 2>&1 || die "the go command ('$GO') is not on PATH; install Go 1.26 or set GO."
+mkdir -p "$BIN/.stamps"
+# Two concurrent runs (say `make test` in two shells) would build the same
+# binaries into the same place; the second waits for the first and then finds
+# everything up to date.
+exec 9>"$BIN/.lock"
+if ! flock -n 9; then
+	echo ">> waiting for another install-tools run to finish" >&2
+	flock 9
+fi
+GO_VERSION=$("$GO" env GOVERSION)
+
+# Group the stale tools by module, keeping the order of first request.
+modules=()
+declare -A stale_by_module=()
+for tool in "${go_requested[@]}"; do
+	up_to_date "$tool" && continue
+	mod=$(tool_module "$tool")
+	case " ${stale_by_module[$mod]:-} " in *" $tool "*) continue ;; esac
+	[ -n "${stale_by_module[$mod]:-}" ] || modules+=("$mod")
+	stale_by_module[$mod]="${stale_by_module[$mod]:-} $tool"
+done
+
+for mod in "${modules[@]}"; do
+	if [ "$mod" = kubernetes ]; then
+		echo ">> a cold build of the Kubernetes binaries takes about 10 minutes on 2 cores; later runs reuse the Go build cache" >&2
+	fi
+	# shellcheck disable=SC2086 # the list is space-separated tool names
+	build_tools "$mod" ${stale_by_module[$mod]}
+done
