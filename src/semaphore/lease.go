@@ -1,0 +1,192 @@
+package semaphore
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// Renew extends the lease to ttl from now. It counts only when a quorum of
+// nodes still holds the lease and answers before the lease's validity ran
+// out; then it also re-creates the slot on nodes that lost it where the slot
+// is free there (a node restarted without its data). Otherwise it answers a
+// *LeaseLostError and releases whatever is left: an expired lease is never
+// resurrected. Too few answers give a *NoQuorumError, which is worth a retry.
+func (c *Client) Renew(ctx context.Context, lease Lease, ttl time.Duration) (Lease, error) {
+	began := time.Now()
+	renewed, err := c.renew(ctx, lease, ttl, began)
+	c.metrics.observeOp("renew", err, time.Since(began))
+	return renewed, err
+}
+
+func (c *Client) renew(ctx context.Context, lease Lease, ttl time.Duration, began time.Time) (Lease, error) {
+	if err := validate(lease.Name, lease.Slot+1, ttl); err != nil {
+		return Lease{}, err
+	}
+	if !ValidHolderID(lease.Holder) {
+		return Lease{}, fmt.Errorf("semaphore: holder id %q must be 32 lowercase hex digits", lease.Holder)
+	}
+	if !lease.Deadline.IsZero() && !began.Before(lease.Deadline) {
+		return Lease{}, &LeaseLostError{Lease: lease, Reason: LostExpired}
+	}
+	base := c.base(lease.Name)
+	replies := c.fanout(func(n *node) (any, error) {
+		return n.eval(c.scripts.renew, base, lease.Holder, lease.Slot, ttl.Milliseconds())
+	})
+	m := len(c.nodes)
+	var (
+		failures                          []NodeError
+		renewed, missing, other, answered int
+		lost                              []int // nodes that no longer have the key
+	)
+	for answered < m {
+		select {
+		case <-ctx.Done():
+			c.drain(replies, m-answered, nil)
+			return Lease{}, fmt.Errorf("renewing slot %d of semaphore %q: %w", lease.Slot, lease.Name, ctx.Err())
+		case r := <-replies:
+			answered++
+			v, ok := r.val.(int64)
+			if r.err == nil && !ok {
+				r.err = &protocolError{what: "renew", reply: r.val}
+			}
+			switch {
+			case r.err != nil:
+				failures = append(failures, NodeError{Node: c.nodes[r.node].addr, Err: r.err})
+			case v == 1:
+				renewed++
+			case v == 0:
+				missing++
+				lost = append(lost, r.node)
+			default:
+				other++
+			}
+		}
+		remaining := m - answered
+		switch {
+		case renewed >= c.quorum:
+			now := time.Now()
+			if !lease.Deadline.IsZero() && !now.Before(lease.Deadline) {
+				c.releaseInBackground(base, lease, replies, remaining)
+				return Lease{}, &LeaseLostError{Lease: lease, Reason: LostExpired}
+			}
+			deadline := began.Add(ttl - drift(ttl))
+			if !now.Before(deadline) {
+				c.releaseInBackground(base, lease, replies, remaining)
+				return Lease{}, &LeaseLostError{Lease: lease, Reason: LostExpired}
+			}
+			next := Lease{Name: lease.Name, Slot: lease.Slot, Holder: lease.Holder, Deadline: deadline}
+			c.repair(base, next, lost)
+			c.drain(replies, remaining, func(r reply) {
+				if v, ok := r.val.(int64); r.err == nil && ok && v == 0 {
+					c.repair(base, next, []int{r.node})
+				}
+			})
+			return next, nil
+		case missing+other > m-c.quorum:
+			c.releaseInBackground(base, lease, replies, remaining)
+			reason := LostNotFound
+			if other >= c.quorum {
+				reason = LostHeldByOther
+			}
+			return Lease{}, &LeaseLostError{Lease: lease, Reason: reason}
+		case renewed+remaining < c.quorum:
+			// Failed nodes might still hold the lease: not known to be lost,
+			// so the caller should retry while its validity lasts.
+			c.drain(replies, remaining, nil)
+			return Lease{}, &NoQuorumError{Op: "renew", Quorum: c.quorum, Nodes: m, Failures: failures}
+		}
+	}
+	return Lease{}, &NoQuorumError{Op: "renew", Quorum: c.quorum, Nodes: m, Failures: failures}
+}
+
+// repair re-creates a valid lease's slot on nodes that lost it, for the rest
+// of its validity, where the slot is free.
+func (c *Client) repair(base string, lease Lease, nodes []int) {
+	for _, i := range nodes {
+		c.background.Add(1)
+		go func() {
+			defer c.background.Done()
+			ms := time.Until(lease.Deadline).Milliseconds()
+			if ms <= 0 {
+				return
+			}
+			_, _ = c.nodes[i].eval(c.scripts.repair, base, lease.Holder, lease.Slot, ms)
+		}()
+	}
+}
+
+// releaseInBackground deletes a lost lease's keys everywhere (compare and
+// delete), after the renewal round's late answers are in.
+func (c *Client) releaseInBackground(base string, lease Lease, replies chan reply, remaining int) {
+	c.background.Add(1)
+	go func() {
+		defer c.background.Done()
+		for range remaining {
+			<-replies
+		}
+		done := c.fanout(func(n *node) (any, error) {
+			return n.eval(c.scripts.release, base, lease.Holder, lease.Slot)
+		})
+		for range c.nodes {
+			<-done
+		}
+	}()
+}
+
+// Release deletes the lease on every node (compare-and-delete). It is
+// idempotent: released is false when no node held this holder's slot. It
+// returns once a quorum answered; a *NoQuorumError means the release may be
+// incomplete and is worth a retry (the rest expires with the TTL).
+func (c *Client) Release(ctx context.Context, lease Lease) (released bool, err error) {
+	began := time.Now()
+	released, err = c.release(ctx, lease)
+	c.metrics.observeOp("release", err, time.Since(began))
+	return released, err
+}
+
+func (c *Client) release(ctx context.Context, lease Lease) (bool, error) {
+	if lease.Name == "" || lease.Slot < 0 || lease.Slot >= MaxSize {
+		return false, fmt.Errorf("semaphore: lease %q slot %d is not a lease of this package", lease.Name, lease.Slot)
+	}
+	if !ValidHolderID(lease.Holder) {
+		return false, fmt.Errorf("semaphore: holder id %q must be 32 lowercase hex digits", lease.Holder)
+	}
+	base := c.base(lease.Name)
+	replies := c.fanout(func(n *node) (any, error) {
+		return n.eval(c.scripts.release, base, lease.Holder, lease.Slot)
+	})
+	m := len(c.nodes)
+	var (
+		failures []NodeError
+		released bool
+		ok       int
+	)
+	for answered := 0; answered < m; answered++ {
+		select {
+		case <-ctx.Done():
+			c.drain(replies, m-answered, nil)
+			return released, fmt.Errorf("releasing slot %d of semaphore %q: %w", lease.Slot, lease.Name, ctx.Err())
+		case r := <-replies:
+			v, isInt := r.val.(int64)
+			if r.err == nil && !isInt {
+				r.err = &protocolError{what: "release", reply: r.val}
+			}
+			if r.err != nil {
+				failures = append(failures, NodeError{Node: c.nodes[r.node].addr, Err: r.err})
+				if len(failures) > m-c.quorum {
+					c.drain(replies, m-answered-1, nil)
+					return released, &NoQuorumError{Op: "release", Quorum: c.quorum, Nodes: m, Failures: failures}
+				}
+				continue
+			}
+			ok++
+			released = released || v == 1
+			if ok >= c.quorum {
+				c.drain(replies, m-answered-1, nil)
+				return released, nil
+			}
+		}
+	}
+	return released, &NoQuorumError{Op: "release", Quorum: c.quorum, Nodes: m, Failures: failures}
+}

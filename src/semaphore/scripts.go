@@ -1,0 +1,124 @@
+package semaphore
+
+// Keys on a node, for a semaphore whose base key is B:
+//
+//	B:<slot>          the slot's holder id, with the lease TTL
+//	B:h:<holder>      the slot this holder claimed on this node, same TTL;
+//	                  it makes a retried Acquire with the same holder id
+//	                  idempotent without scanning every slot.
+//
+// The scripts build slot keys from the base key instead of receiving all N
+// keys, so an Acquire on a semaphore of 1024 slots sends a few bytes, not
+// 1024 key names. That is fine on standalone Redis servers, which is all this
+// package supports.
+
+// acquireScript claims a slot for ARGV[1] with TTL ARGV[2] ms, scanning the
+// ARGV[3] slots starting at ARGV[4]. It answers {1, slot} when the holder
+// holds a slot (new or from an earlier attempt, whose TTL it refreshes) and
+// {0, size} when every slot is held by someone else.
+const acquireScript = `
+local base = KEYS[1]
+local holder = ARGV[1]
+local ttl = ARGV[2]
+local size = tonumber(ARGV[3])
+local start = tonumber(ARGV[4])
+local hkey = base .. ':h:' .. holder
+local mine = redis.call('GET', hkey)
+if mine then
+  local skey = base .. ':' .. mine
+  if redis.call('GET', skey) == holder then
+    redis.call('PEXPIRE', skey, ttl)
+    redis.call('PEXPIRE', hkey, ttl)
+    return {1, tonumber(mine)}
+  end
+end
+for i = 0, size - 1 do
+  local s = (start + i) % size
+  local skey = base .. ':' .. s
+  if redis.call('EXISTS', skey) == 0 then
+    redis.call('SET', skey, holder, 'PX', ttl)
+    redis.call('SET', hkey, s, 'PX', ttl)
+    return {1, s}
+  end
+end
+return {0, size}
+`
+
+// renewScript extends slot ARGV[2] to TTL ARGV[3] ms when it holds ARGV[1].
+// Answers 1 renewed, 0 the key is gone, -1 another holder has the slot.
+const renewScript = `
+local base = KEYS[1]
+local holder = ARGV[1]
+local skey = base .. ':' .. ARGV[2]
+local v = redis.call('GET', skey)
+if v == holder then
+  redis.call('PEXPIRE', skey, ARGV[3])
+  redis.call('SET', base .. ':h:' .. holder, ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+if v then
+  return -1
+end
+return 0
+`
+
+// repairScript re-creates slot ARGV[2] for ARGV[1] with TTL ARGV[3] ms on a
+// node that lost it (a restart without its data), only where the slot is
+// free. The caller runs it only while the lease is valid on a quorum.
+const repairScript = `
+local base = KEYS[1]
+local holder = ARGV[1]
+if redis.call('SET', base .. ':' .. ARGV[2], holder, 'NX', 'PX', ARGV[3]) then
+  redis.call('SET', base .. ':h:' .. holder, ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+`
+
+// releaseScript deletes slot ARGV[2] when it holds ARGV[1]
+// (compare-and-delete). Answers 1 deleted, 0 nothing of this holder's there.
+const releaseScript = `
+local base = KEYS[1]
+local holder = ARGV[1]
+local skey = base .. ':' .. ARGV[2]
+if redis.call('GET', skey) == holder then
+  redis.call('DEL', skey)
+  local hkey = base .. ':h:' .. holder
+  if redis.call('GET', hkey) == ARGV[2] then
+    redis.call('DEL', hkey)
+  end
+  return 1
+end
+return 0
+`
+
+// inspectScript answers, for slots 0..ARGV[1]-1, the flat list
+// holder1, pttl1, holder2, pttl2... with "" and -2 for a free slot.
+const inspectScript = `
+local base = KEYS[1]
+local out = {}
+for s = 0, tonumber(ARGV[1]) - 1 do
+  local skey = base .. ':' .. s
+  local v = redis.call('GET', skey)
+  if v then
+    out[#out + 1] = v
+    out[#out + 1] = redis.call('PTTL', skey)
+  else
+    out[#out + 1] = ''
+    out[#out + 1] = -2
+  end
+end
+return out
+`
+
+// occupiedScript answers a string of ARGV[1] characters, '1' where the slot
+// is held and '0' where it is free. Acquire asks for it only when the nodes
+// disagreed on the slot to claim.
+const occupiedScript = `
+local base = KEYS[1]
+local out = {}
+for s = 0, tonumber(ARGV[1]) - 1 do
+  out[s + 1] = redis.call('EXISTS', base .. ':' .. s) == 1 and '1' or '0'
+end
+return table.concat(out)
+`
