@@ -8,10 +8,13 @@ APT_DEPS += etcd:etcd-server prometheus:prometheus yamllint:yamllint
 TEST_DEPS += tools
 
 # chart-testing's lintconf.yaml and chart_schema.yaml, copied out of its
-# module by `hack/install-tools.sh ct`; `ct lint --lint-conf $(CT_LINTCONF)`.
-CT_ETC      := $(patsubst %/,%,$(dir $(TOOLS_BIN)))/etc/ct
-CT_LINTCONF := $(CT_ETC)/lintconf.yaml
-export PMPH_CT_LINTCONF := $(CT_LINTCONF)
+# module by `hack/install-tools.sh ct` (which also prints the directory with
+# --ct-etc): ct lint --lint-conf $(CT_LINTCONF) --chart-yaml-schema $(CT_CHART_SCHEMA).
+# Exported for tests that run ct.
+CT_ETC          := $(patsubst %/,%,$(dir $(TOOLS_BIN)))/etc/ct
+CT_LINTCONF     := $(CT_ETC)/lintconf.yaml
+CT_CHART_SCHEMA := $(CT_ETC)/chart_schema.yaml
+export PMPH_CT_ETC := $(CT_ETC)
 
 .PHONY: tools
 tools:

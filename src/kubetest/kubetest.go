@@ -374,7 +374,7 @@ func (cp *ControlPlane) launch(ctx context.Context, name, dir, bin string, nport
 		cp.mu.Unlock()
 		cp.logf("started %s as pid %d", name, p.pid())
 
-		err = waitReady(ctx, p, func(ctx context.Context) error { return ready(ctx, ports) })
+		exited, err := waitReady(ctx, p, func(ctx context.Context) error { return ready(ctx, ports) })
 		if err == nil {
 			cp.logf("%s is ready after %s", name, time.Since(started).Round(time.Millisecond))
 			return ports, nil
@@ -382,6 +382,10 @@ func (cp *ControlPlane) launch(ctx context.Context, name, dir, bin string, nport
 		stopErr := p.stop()
 		if stopErr == nil {
 			cp.forget(p)
+		}
+		if exited {
+			// The exit status is known only now that stop has reaped it.
+			err = p.exitError()
 		}
 		if p.addressInUse() && attempt < portAttempts && stopErr == nil && ctx.Err() == nil {
 			cp.logf("%s lost a port to another process; starting it again on new ports", name)
@@ -404,8 +408,9 @@ func (cp *ControlPlane) forget(p *process) {
 	}
 }
 
-// waitReady polls ready until it succeeds, the process exits, or ctx ends.
-func waitReady(ctx context.Context, p *process, ready func(ctx context.Context) error) error {
+// waitReady polls ready until it succeeds, the process exits (exited is then
+// true), or ctx ends.
+func waitReady(ctx context.Context, p *process, ready func(ctx context.Context) error) (exited bool, err error) {
 	ticker := time.NewTicker(pollInterval)
 	defer ticker.Stop()
 	for {
@@ -413,19 +418,19 @@ func waitReady(ctx context.Context, p *process, ready func(ctx context.Context) 
 		last := ready(probeCtx)
 		cancel()
 		if last == nil {
-			return nil
+			return false, nil
 		}
 		// An exited process fails at once, whatever the ticker says.
 		select {
-		case <-p.done:
-			return p.exitError()
+		case <-p.exited:
+			return true, fmt.Errorf("%s exited early", p.name)
 		default:
 		}
 		select {
-		case <-p.done:
-			return p.exitError()
+		case <-p.exited:
+			return true, fmt.Errorf("%s exited early", p.name)
 		case <-ctx.Done():
-			return fmt.Errorf("%s did not become ready before the start deadline (%v); the last check said: %v", p.name, context.Cause(ctx), last)
+			return false, fmt.Errorf("%s did not become ready before the start deadline (%v); the last check said: %v", p.name, context.Cause(ctx), last)
 		case <-ticker.C:
 		}
 	}

@@ -7,8 +7,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -30,9 +33,15 @@ type process struct {
 	name    string
 	logPath string
 	cmd     *exec.Cmd
-	// done is closed once the process has been reaped; waitErr is written
-	// before that and read only after.
-	done    chan struct{}
+	// exited is closed when the process has exited. It is not reaped until
+	// stop: as a zombie it keeps its pid, and so its process group id,
+	// reserved, and stop's final SIGKILL to the group cannot hit an unrelated
+	// group that got the same id.
+	exited chan struct{}
+
+	stopOnce sync.Once
+	stopErr  error
+	// waitErr is the exit status; it is set by stop once reaped.
 	waitErr error
 }
 
@@ -42,7 +51,8 @@ type process struct {
 // panics or is killed on timeout leaves no API server behind.
 func startProcess(name, dir, bin string, args, env []string) (*process, error) {
 	logPath := filepath.Join(dir, name+".log")
-	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	// A fresh log per start, so that a retry reads only its own output.
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("cannot create the log file of %s: %w", name, err)
 	}
@@ -59,51 +69,68 @@ func startProcess(name, dir, bin string, args, env []string) (*process, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("cannot start %s (%s): %w", name, bin, err)
 	}
-	p := &process{name: name, logPath: logPath, cmd: cmd, done: make(chan struct{})}
-	go func() {
-		p.waitErr = cmd.Wait()
-		close(p.done)
-	}()
+	p := &process{name: name, logPath: logPath, cmd: cmd, exited: make(chan struct{})}
+	go p.watch()
 	return p, nil
+}
+
+// watch closes exited once the process has exited, leaving it unreaped.
+func (p *process) watch() {
+	defer close(p.exited)
+	for {
+		var info unix.Siginfo
+		err := unix.Waitid(unix.P_PID, p.pid(), &info, unix.WEXITED|unix.WNOWAIT, nil)
+		if err != unix.EINTR {
+			// nil: it exited. Anything else (ECHILD) means there is no child
+			// left to wait for, which stop handles the same way.
+			return
+		}
+	}
 }
 
 func (p *process) pid() int { return p.cmd.Process.Pid }
 
-// exitError describes how the process ended; call it only after done closed.
-func (p *process) exitError() error {
-	if p.waitErr == nil {
-		return fmt.Errorf("%s exited with status 0 while it should keep running", p.name)
-	}
-	return fmt.Errorf("%s exited early (%v)", p.name, p.waitErr)
+// stop ends the process group: SIGTERM, SIGKILL after stopGrace, then, with
+// the leader exited but not yet reaped, a final SIGKILL to the group for
+// anything the leader left behind; then it reaps the leader. It is safe to
+// call more than once and on a process that has already exited.
+func (p *process) stop() error {
+	p.stopOnce.Do(func() { p.stopErr = p.terminate() })
+	return p.stopErr
 }
 
-// stop ends the process group: SIGTERM, SIGKILL after stopGrace, then a final
-// SIGKILL to the group for anything the leader left behind. It is safe on a
-// process that has already exited.
-func (p *process) stop() error {
+func (p *process) terminate() error {
 	pgid := p.pid()
 	select {
-	case <-p.done:
+	case <-p.exited:
 	default:
 		signalGroup(pgid, syscall.SIGTERM)
 		grace := time.NewTimer(stopGrace)
 		select {
-		case <-p.done:
+		case <-p.exited:
 			grace.Stop()
 		case <-grace.C:
 			signalGroup(pgid, syscall.SIGKILL)
 			deadline := time.NewTimer(killWait)
 			defer deadline.Stop()
 			select {
-			case <-p.done:
+			case <-p.exited:
 			case <-deadline.C:
 				return fmt.Errorf("%s (pid %d) did not exit within %s of SIGKILL", p.name, pgid, killWait)
 			}
 		}
 	}
-	// The leader is gone; other members of its group would be orphans.
 	signalGroup(pgid, syscall.SIGKILL)
+	p.waitErr = p.cmd.Wait()
 	return nil
+}
+
+// exitError describes how the process ended; call it only after stop.
+func (p *process) exitError() error {
+	if p.waitErr == nil {
+		return fmt.Errorf("%s exited with status 0 while it should keep running", p.name)
+	}
+	return fmt.Errorf("%s exited early (%v)", p.name, p.waitErr)
 }
 
 func signalGroup(pgid int, sig syscall.Signal) {
