@@ -1,0 +1,297 @@
+package admission
+
+import (
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseapi"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/semaphore"
+)
+
+// Prefix is the prefix of every annotation the webhook reads or writes.
+const Prefix = "prometheus-metrics-proxy-hook.kaidotio.github.io/"
+
+// Annotations read and written by the webhook.
+const (
+	AnnotationOptIn          = Prefix + "prometheus-metrics-proxy"
+	AnnotationSemaphoreKey   = Prefix + "semaphore-key"
+	AnnotationSemaphoreSize  = Prefix + "semaphore-size"
+	AnnotationStartupTimeout = Prefix + "semaphore-startup-timeout"
+	AnnotationInjected       = Prefix + "injected"
+	AnnotationSemaphoreSlot  = Prefix + "semaphore-slot"
+	AnnotationHolder         = Prefix + "semaphore-holder"
+	AnnotationPort           = "prometheus.io/port"
+	AnnotationPath           = "prometheus.io/path"
+)
+
+// ContainerName is the injected sidecar's name; SidecarPortName its port's.
+const (
+	ContainerName   = "prometheus-metrics-proxy"
+	SidecarPortName = "metrics-proxy"
+	// MetricsPortName is the container port name used when prometheus.io/port
+	// is absent.
+	MetricsPortName = "metrics"
+)
+
+// Startup timeout bounds. Below a second no pod can start in time; above an
+// hour a pod that never starts keeps a slot from everyone for too long.
+const (
+	DefaultStartupTimeout = 5 * time.Minute
+	MinStartupTimeout     = time.Second
+	MaxStartupTimeout     = time.Hour
+	defaultMetricsPath    = "/metrics"
+	maxPathLength         = 1024
+)
+
+// podView is what the handler reads of an annotated pod; encoding/json skips
+// everything else, which is cheaper than decoding a whole corev1.Pod.
+type podView struct {
+	Metadata struct {
+		Name         string            `json:"name"`
+		GenerateName string            `json:"generateName"`
+		Annotations  map[string]string `json:"annotations"`
+	} `json:"metadata"`
+	Spec struct {
+		Containers                    []containerView `json:"containers"`
+		InitContainers                []containerView `json:"initContainers"`
+		HostNetwork                   bool            `json:"hostNetwork"`
+		TerminationGracePeriodSeconds *int64          `json:"terminationGracePeriodSeconds"`
+	} `json:"spec"`
+}
+
+type containerView struct {
+	Name  string `json:"name"`
+	Ports []struct {
+		Name          string `json:"name"`
+		ContainerPort int32  `json:"containerPort"`
+		HostPort      int32  `json:"hostPort"`
+	} `json:"ports"`
+}
+
+// displayName is the pod's name for messages and logs: the name, or the
+// generateName prefix the API server has not completed yet.
+func (p *podView) displayName() string {
+	if p.Metadata.Name != "" {
+		return p.Metadata.Name
+	}
+	return p.Metadata.GenerateName
+}
+
+// plan is what the annotations ask for, validated.
+type plan struct {
+	port           int32
+	path           string
+	key            string // empty: no semaphore
+	size           int
+	startupTimeout time.Duration
+	warnings       []string
+}
+
+// denial is an admission refusal: the HTTP-like code the API server passes
+// on to the client, the metrics reason, and the message kubectl shows.
+type denial struct {
+	code    int32
+	reason  reason
+	message string
+}
+
+func invalid(format string, args ...any) *denial {
+	return &denial{code: 400, reason: reasonInvalid, message: fmt.Sprintf(format, args...)}
+}
+
+// planFor validates the pod's annotations and containers against the
+// sidecar's port.
+func planFor(pod *podView, sidecarPort int32) (*plan, *denial) {
+	ann := pod.Metadata.Annotations
+	p := &plan{path: defaultMetricsPath, startupTimeout: DefaultStartupTimeout}
+
+	for _, c := range pod.Spec.Containers {
+		if c.Name == ContainerName {
+			return nil, &denial{code: 400, reason: reasonConflict, message: fmt.Sprintf(
+				"container %q already exists but the pod has no annotation %s: \"true\"; rename the container, the webhook injects one of that name",
+				ContainerName, AnnotationInjected)}
+		}
+	}
+	for _, c := range pod.Spec.InitContainers {
+		if c.Name == ContainerName {
+			return nil, &denial{code: 400, reason: reasonConflict, message: fmt.Sprintf(
+				"init container %q already exists but the pod has no annotation %s: \"true\"; rename the container, the webhook injects one of that name",
+				ContainerName, AnnotationInjected)}
+		}
+	}
+
+	if raw, ok := ann[AnnotationPort]; ok {
+		port, d := parsePort(raw, pod)
+		if d != nil {
+			return nil, d
+		}
+		p.port = port
+	} else {
+		port, found := namedPort(pod, MetricsPortName)
+		if !found {
+			return nil, &denial{code: 400, reason: reasonNoPort, message: fmt.Sprintf(
+				"annotation %s is absent and no container port is named %q; set %s to the port of the application's metrics endpoint",
+				AnnotationPort, MetricsPortName, AnnotationPort)}
+		}
+		p.port = port
+		p.warnings = append(p.warnings, fmt.Sprintf(
+			"annotation %s is absent: the metrics port %d was found by its name %q", AnnotationPort, port, MetricsPortName))
+	}
+	if p.port == sidecarPort {
+		return nil, &denial{code: 400, reason: reasonConflict, message: fmt.Sprintf(
+			"annotation %s %q is the port of the injected metrics proxy (%d); the application must serve its metrics on another port",
+			AnnotationPort, ann[AnnotationPort], sidecarPort)}
+	}
+	if d := portClash(pod, sidecarPort); d != nil {
+		return nil, d
+	}
+
+	if raw, ok := ann[AnnotationPath]; ok {
+		if !validPath(raw) {
+			return nil, invalid("annotation %s %q must be a URL path that starts with \"/\", at most %d characters without spaces or control characters",
+				AnnotationPath, raw, maxPathLength)
+		}
+		p.path = raw
+	}
+
+	key, hasKey := ann[AnnotationSemaphoreKey]
+	rawSize, hasSize := ann[AnnotationSemaphoreSize]
+	rawTimeout, hasTimeout := ann[AnnotationStartupTimeout]
+	if hasKey {
+		if err := leaseapi.ValidateKey(key); err != nil {
+			return nil, invalid("annotation %s %q %v", AnnotationSemaphoreKey, key, err)
+		}
+		if !hasSize {
+			return nil, invalid("annotation %s is required with %s %q; set it to the number of slots, an integer from 1 to %d",
+				AnnotationSemaphoreSize, AnnotationSemaphoreKey, key, semaphore.MaxSize)
+		}
+	}
+	if hasSize {
+		size, err := strconv.Atoi(rawSize)
+		if err != nil || size < 1 || size > semaphore.MaxSize {
+			return nil, invalid("annotation %s %q must be an integer from 1 to %d", AnnotationSemaphoreSize, rawSize, semaphore.MaxSize)
+		}
+		if !hasKey {
+			return nil, invalid("annotation %s %q is set but annotation %s is missing; name the semaphore or remove the size",
+				AnnotationSemaphoreSize, rawSize, AnnotationSemaphoreKey)
+		}
+		p.key, p.size = key, size
+	}
+	if hasTimeout {
+		d, err := time.ParseDuration(rawTimeout)
+		if err != nil || d < MinStartupTimeout || d > MaxStartupTimeout {
+			return nil, invalid("annotation %s %q must be a Go duration from %s to %s, e.g. 5m",
+				AnnotationStartupTimeout, rawTimeout, shortDuration(MinStartupTimeout), shortDuration(MaxStartupTimeout))
+		}
+		p.startupTimeout = d
+		if !hasKey {
+			p.warnings = append(p.warnings, fmt.Sprintf("annotation %s has no effect without %s", AnnotationStartupTimeout, AnnotationSemaphoreKey))
+		}
+	}
+	return p, nil
+}
+
+// parsePort accepts a port number or the name of a container port.
+func parsePort(raw string, pod *podView) (int32, *denial) {
+	if raw != "" && raw[0] >= '0' && raw[0] <= '9' {
+		n, err := strconv.Atoi(raw)
+		if err != nil || n < 1 || n > 65535 {
+			return 0, invalid("annotation %s %q must be a port number from 1 to 65535 or the name of a container port", AnnotationPort, raw)
+		}
+		return int32(n), nil
+	}
+	if !validPortName(raw) {
+		return 0, invalid("annotation %s %q must be a port number from 1 to 65535 or the name of a container port", AnnotationPort, raw)
+	}
+	port, ok := namedPort(pod, raw)
+	if !ok {
+		return 0, &denial{code: 400, reason: reasonNoPort, message: fmt.Sprintf(
+			"annotation %s %q names no container port; use a port number or the name of a container port", AnnotationPort, raw)}
+	}
+	return port, nil
+}
+
+// validPortName is Kubernetes' IANA_SVC_NAME: 1-15 lowercase letters, digits
+// and '-', at least one letter, no leading, trailing or double '-'.
+func validPortName(s string) bool {
+	if len(s) == 0 || len(s) > 15 || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	letter := false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z':
+			letter = true
+		case c >= '0' && c <= '9':
+		case c == '-':
+			if s[i-1] == '-' {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	return letter
+}
+
+func namedPort(pod *podView, name string) (int32, bool) {
+	for _, list := range [][]containerView{pod.Spec.Containers, pod.Spec.InitContainers} {
+		for _, c := range list {
+			for _, port := range c.Ports {
+				if port.Name == name && port.ContainerPort > 0 {
+					return port.ContainerPort, true
+				}
+			}
+		}
+	}
+	return 0, false
+}
+
+// portClash refuses pods whose containers declare the sidecar's port: every
+// container of a pod shares one network namespace (and with hostNetwork,
+// the node's), so two of them cannot listen on it.
+func portClash(pod *podView, sidecarPort int32) *denial {
+	for _, list := range [][]containerView{pod.Spec.Containers, pod.Spec.InitContainers} {
+		for _, c := range list {
+			for _, port := range c.Ports {
+				if port.ContainerPort == sidecarPort || (pod.Spec.HostNetwork && port.HostPort == sidecarPort) {
+					where := "the pod's network namespace"
+					if pod.Spec.HostNetwork {
+						where = "the node's network (hostNetwork: true)"
+					}
+					return &denial{code: 400, reason: reasonConflict, message: fmt.Sprintf(
+						"container %q declares port %d, which the injected metrics proxy listens on in %s; move the container's port",
+						c.Name, sidecarPort, where)}
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func validPath(s string) bool {
+	if len(s) == 0 || s[0] != '/' || len(s) > maxPathLength {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// shortDuration prints 1s and 1h rather than Go's 1h0m0s.
+func shortDuration(d time.Duration) string {
+	switch {
+	case d%time.Hour == 0:
+		return strconv.FormatInt(int64(d/time.Hour), 10) + "h"
+	case d%time.Minute == 0:
+		return strconv.FormatInt(int64(d/time.Minute), 10) + "m"
+	case d%time.Second == 0:
+		return strconv.FormatInt(int64(d/time.Second), 10) + "s"
+	}
+	return d.String()
+}

@@ -1,0 +1,202 @@
+package admission
+
+import (
+	"errors"
+	"fmt"
+)
+
+// review is the part of an AdmissionReview v1 request the handler reads.
+// Byte slices point into the request body.
+type review struct {
+	// uid is the raw JSON string token of request.uid, echoed verbatim.
+	uid       []byte
+	uidText   string
+	group     string // request.kind.group
+	version   string // request.kind.version
+	kind      string // request.kind.kind
+	subRes    string // request.subResource
+	operation string
+	namespace string
+	dryRun    bool
+	// object is request.object, nil when absent or null.
+	object []byte
+}
+
+// reviewAPIVersion is the only AdmissionReview version served; the webhook
+// configuration asks the API server for it.
+const reviewAPIVersion = "admission.k8s.io/v1"
+
+// errBadReview is wrapped by every error that makes the request a 400.
+var errBadReview = errors.New("bad admission review")
+
+// parseReview reads an AdmissionReview without decoding the object. The
+// whole document is validated.
+func parseReview(body []byte, r *review) error {
+	s := scanner{data: body}
+	sawRequest := false
+	err := s.object(func(key []byte, esc bool) error {
+		switch {
+		case equalsKey(key, esc, "apiVersion"):
+			if s.isNull() {
+				return nil
+			}
+			v, err := s.text()
+			if err != nil {
+				return err
+			}
+			if v != reviewAPIVersion {
+				return fmt.Errorf("%w: apiVersion %q is not served; send %s", errBadReview, v, reviewAPIVersion)
+			}
+			return nil
+		case equalsKey(key, esc, "kind"):
+			if s.isNull() {
+				return nil
+			}
+			v, err := s.text()
+			if err != nil {
+				return err
+			}
+			if v != "AdmissionReview" {
+				return fmt.Errorf("%w: kind %q is not AdmissionReview", errBadReview, v)
+			}
+			return nil
+		case equalsKey(key, esc, "request"):
+			if s.isNull() {
+				return nil
+			}
+			sawRequest = true
+			return parseRequest(&s, r)
+		default:
+			return s.skip()
+		}
+	})
+	if err == nil {
+		err = s.end()
+	}
+	if err != nil {
+		if errors.Is(err, errBadReview) {
+			return err
+		}
+		return fmt.Errorf("%w: the body is not a valid AdmissionReview: %w", errBadReview, err)
+	}
+	if !sawRequest {
+		return fmt.Errorf("%w: the AdmissionReview has no request", errBadReview)
+	}
+	if r.uid == nil || len(r.uid) == 2 {
+		return fmt.Errorf("%w: the AdmissionReview request has no uid", errBadReview)
+	}
+	return nil
+}
+
+func parseRequest(s *scanner, r *review) error {
+	return s.object(func(key []byte, esc bool) error {
+		// Compare the short keys directly: no escapes in what the API
+		// server writes, and equalsKey handles the rest.
+		switch {
+		case equalsKey(key, esc, "uid"):
+			if s.isNull() {
+				return nil
+			}
+			raw, escaped, err := s.str()
+			if err != nil {
+				return err
+			}
+			r.uid = raw
+			r.uidText = unquote(raw, escaped)
+			return nil
+		case equalsKey(key, esc, "kind"):
+			if s.isNull() {
+				return nil
+			}
+			return s.object(func(k []byte, e bool) error {
+				var dst *string
+				switch {
+				case equalsKey(k, e, "group"):
+					dst = &r.group
+				case equalsKey(k, e, "version"):
+					dst = &r.version
+				case equalsKey(k, e, "kind"):
+					dst = &r.kind
+				default:
+					return s.skip()
+				}
+				return s.optText(dst)
+			})
+		case equalsKey(key, esc, "subResource"):
+			return s.optText(&r.subRes)
+		case equalsKey(key, esc, "operation"):
+			return s.optText(&r.operation)
+		case equalsKey(key, esc, "namespace"):
+			return s.optText(&r.namespace)
+		case equalsKey(key, esc, "dryRun"):
+			v, err := s.boolean()
+			r.dryRun = v
+			return err
+		case equalsKey(key, esc, "object"):
+			if s.isNull() {
+				r.object = nil
+				return nil
+			}
+			v, err := s.span()
+			r.object = v
+			return err
+		default:
+			return s.skip()
+		}
+	})
+}
+
+// optText reads a string or null into dst.
+func (s *scanner) optText(dst *string) error {
+	if s.isNull() {
+		*dst = ""
+		return nil
+	}
+	v, err := s.text()
+	*dst = v
+	return err
+}
+
+// gate is what the fast path reads of a pod: the two annotations that decide
+// whether the pod is looked at any closer.
+type gate struct {
+	optIn, injected       string
+	hasOptIn, hasInjected bool
+}
+
+// readGate finds the opt-in and injected annotations in a pod object
+// without decoding anything else.
+func readGate(object []byte, g *gate) error {
+	s := scanner{data: object}
+	if s.peek() != '{' {
+		return fmt.Errorf("%w: the request object is not a JSON object", errBadReview)
+	}
+	return s.object(func(key []byte, esc bool) error {
+		if !equalsKey(key, esc, "metadata") || s.isNull() {
+			return s.skip()
+		}
+		return s.object(func(key []byte, esc bool) error {
+			if !equalsKey(key, esc, "annotations") || s.isNull() {
+				return s.skip()
+			}
+			return s.object(func(key []byte, esc bool) error {
+				var dst *string
+				var has *bool
+				switch {
+				case equalsKey(key, esc, AnnotationOptIn):
+					dst, has = &g.optIn, &g.hasOptIn
+				case equalsKey(key, esc, AnnotationInjected):
+					dst, has = &g.injected, &g.hasInjected
+				default:
+					return s.skip()
+				}
+				if s.isNull() {
+					*dst, *has = "", false
+					return nil
+				}
+				*has = true
+				return s.optText(dst)
+			})
+		})
+	})
+}
