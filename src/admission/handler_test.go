@@ -490,8 +490,8 @@ func TestUndeliveredAnswerReleasesTheSlot(t *testing.T) {
 
 type brokenWriter struct{ header http.Header }
 
-func (w *brokenWriter) Header() http.Header        { return w.header }
-func (w *brokenWriter) WriteHeader(int)            {}
+func (w *brokenWriter) Header() http.Header         { return w.header }
+func (w *brokenWriter) WriteHeader(int)             {}
 func (w *brokenWriter) Write(p []byte) (int, error) { return 0, errors.New("connection reset by peer") }
 
 func TestConcurrentAdmissionsNeverOverAdmit(t *testing.T) {
