@@ -82,6 +82,8 @@ type ControlPlane struct {
 	opts    Options
 	client  *http.Client
 	etcdDir string // on tmpfs when available, so outside Dir
+	// pickPorts is freePorts; tests replace it to lose a port race on purpose.
+	pickPorts func(n int) ([]int, error)
 
 	mu    sync.Mutex
 	procs []*process
@@ -120,7 +122,7 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("cannot create the control plane's working directory: %w", err)
 	}
-	cp := &ControlPlane{Dir: dir, opts: opts}
+	cp := &ControlPlane{Dir: dir, opts: opts, pickPorts: freePorts}
 	defer func() {
 		if err != nil {
 			if stopErr := cp.Stop(); stopErr != nil {
@@ -355,7 +357,7 @@ func (cp *ControlPlane) launch(ctx context.Context, name, dir, bin string, nport
 	args func(ports []int) ([]string, error), ready func(ctx context.Context, ports []int) error,
 ) ([]int, error) {
 	for attempt := 1; ; attempt++ {
-		ports, err := freePorts(nports)
+		ports, err := cp.pickPorts(nports)
 		if err != nil {
 			return nil, err
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -273,5 +274,48 @@ func TestMissingTools(t *testing.T) {
 	_, err := Start(t.Context(), Options{})
 	if err == nil || !strings.Contains(err.Error(), "run `make tools`") {
 		t.Fatalf("Start without tools returned %v, want an error telling to run `make tools`", err)
+	}
+}
+
+// TestPortRace makes etcd lose its client port to another listener, as when
+// another process binds a port between freePorts and etcd: Start must start
+// it again on new ports instead of failing.
+func TestPortRace(t *testing.T) {
+	t.Parallel()
+	etcdBin, err := systemTool("etcd", "etcd-server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	calls := 0
+	cp := &ControlPlane{Dir: t.TempDir(), opts: Options{Logf: t.Logf}}
+	cp.pickPorts = func(n int) ([]int, error) {
+		calls++
+		ports, err := freePorts(n)
+		if calls == 1 && err == nil {
+			ports[0] = busy.Addr().(*net.TCPAddr).Port
+		}
+		return ports, err
+	}
+	t.Cleanup(func() {
+		if err := cp.Stop(); err != nil {
+			t.Errorf("Stop failed: %v", err)
+		}
+	})
+	if err := cp.startEtcd(t.Context(), etcdBin); err != nil {
+		t.Fatalf("etcd did not start after losing its port: %v", err)
+	}
+	if calls != 2 {
+		t.Fatalf("ports were picked %d times, want 2 (one lost race, one retry)", calls)
+	}
+	if strings.HasSuffix(cp.EtcdURL, ":"+strconv.Itoa(busy.Addr().(*net.TCPAddr).Port)) {
+		t.Fatalf("etcd claims the busy port: %s", cp.EtcdURL)
+	}
+	if n := len(pidsOf(cp)); n != 1 {
+		t.Fatalf("%d etcd processes are tracked after the retry, want 1", n)
 	}
 }
