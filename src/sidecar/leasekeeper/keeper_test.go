@@ -379,4 +379,3 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		})
 	}
 }
-
