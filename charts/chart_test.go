@@ -23,23 +23,23 @@ import (
 // configuration), has a valid unique name and the release's labels.
 func TestCIValuesRender(t *testing.T) {
 	typed := map[string]func(*testing.T, object){
-		"Deployment":                     func(t *testing.T, o object) { decode[appsv1.Deployment](t, o) },
-		"StatefulSet":                    func(t *testing.T, o object) { decode[appsv1.StatefulSet](t, o) },
-		"Service":                        func(t *testing.T, o object) { decode[corev1.Service](t, o) },
-		"ServiceAccount":                 func(t *testing.T, o object) { decode[corev1.ServiceAccount](t, o) },
-		"Secret":                         func(t *testing.T, o object) { decode[corev1.Secret](t, o) },
-		"ConfigMap":                      func(t *testing.T, o object) { decode[corev1.ConfigMap](t, o) },
-		"Pod":                            func(t *testing.T, o object) { decode[corev1.Pod](t, o) },
-		"PodDisruptionBudget":            func(t *testing.T, o object) { decode[policyv1.PodDisruptionBudget](t, o) },
-		"NetworkPolicy":                  func(t *testing.T, o object) { decode[networkingv1.NetworkPolicy](t, o) },
-		"MutatingWebhookConfiguration":   func(t *testing.T, o object) { decode[admissionregistrationv1.MutatingWebhookConfiguration](t, o) },
-		"Certificate":                    nil,
-		"Issuer":                         nil,
-		"PeerAuthentication":             nil,
-		"ServiceEntry":                   nil,
-		"Sidecar":                        nil,
-		"ServiceMonitor":                 nil,
-		"PrometheusRule":                 nil,
+		"Deployment":                   func(t *testing.T, o object) { decode[appsv1.Deployment](t, o) },
+		"StatefulSet":                  func(t *testing.T, o object) { decode[appsv1.StatefulSet](t, o) },
+		"Service":                      func(t *testing.T, o object) { decode[corev1.Service](t, o) },
+		"ServiceAccount":               func(t *testing.T, o object) { decode[corev1.ServiceAccount](t, o) },
+		"Secret":                       func(t *testing.T, o object) { decode[corev1.Secret](t, o) },
+		"ConfigMap":                    func(t *testing.T, o object) { decode[corev1.ConfigMap](t, o) },
+		"Pod":                          func(t *testing.T, o object) { decode[corev1.Pod](t, o) },
+		"PodDisruptionBudget":          func(t *testing.T, o object) { decode[policyv1.PodDisruptionBudget](t, o) },
+		"NetworkPolicy":                func(t *testing.T, o object) { decode[networkingv1.NetworkPolicy](t, o) },
+		"MutatingWebhookConfiguration": func(t *testing.T, o object) { decode[admissionregistrationv1.MutatingWebhookConfiguration](t, o) },
+		"Certificate":                  nil,
+		"Issuer":                       nil,
+		"PeerAuthentication":           nil,
+		"ServiceEntry":                 nil,
+		"Sidecar":                      nil,
+		"ServiceMonitor":               nil,
+		"PrometheusRule":               nil,
 	}
 	for _, file := range ciValuesFiles(t) {
 		t.Run(file, func(t *testing.T) {
@@ -100,9 +100,9 @@ func TestKindsPerToggle(t *testing.T) {
 		return m
 	}
 	tests := []struct {
-		name   string
-		opts   renderOpts
-		want   map[string]int
+		name string
+		opts renderOpts
+		want map[string]int
 	}{
 		{"defaults", renderOpts{}, base},
 		{"defaults with the monitoring API", renderOpts{apiVersions: []string{monitoringAPI}}, base},
@@ -236,18 +236,18 @@ func TestWebhookArgs(t *testing.T) {
 		absent []string
 	}{
 		{"defaults", "", map[string]string{
-			"lease-url":          "https://" + fullname + "." + namespace + ".svc:443",
-			"sidecar-image":      "ghcr.io/kaidotio/prometheus-metrics-proxy-hook:0.1.0",
-			"cert-dir":           "/tls",
-			"listen-address":     ":9443",
-			"metrics-address":    ":8080",
-			"probe-address":      ":8081",
-			"lease-ttl":          "30s",
-			"redis-timeout":      "50ms",
-			"no-quorum-policy":   "deny",
-			"sidecar-port":       "65532",
-			"native-sidecar":     "false",
-			"enable-http2":       "false",
+			"lease-url":            "https://" + fullname + "." + namespace + ".svc:443",
+			"sidecar-image":        "ghcr.io/kaidotio/prometheus-metrics-proxy-hook:0.1.0",
+			"cert-dir":             "/tls",
+			"listen-address":       ":9443",
+			"metrics-address":      ":8080",
+			"probe-address":        ":8081",
+			"lease-ttl":            "30s",
+			"redis-timeout":        "50ms",
+			"no-quorum-policy":     "deny",
+			"sidecar-port":         "65532",
+			"native-sidecar":       "false",
+			"enable-http2":         "false",
 			"sidecar-memory-limit": "32Mi",
 			"redis-password-file":  "/run/secrets/redis/password",
 		}, []string{"sidecar-cpu-limit"}},
@@ -367,9 +367,9 @@ func TestWebhookDeployment(t *testing.T) {
 // The MutatingWebhookConfiguration as the design brief fixes it.
 func TestMutatingWebhookConfiguration(t *testing.T) {
 	tests := []struct {
-		name       string
-		values     string
-		check      func(t *testing.T, w admissionregistrationv1.MutatingWebhook, m admissionregistrationv1.MutatingWebhookConfiguration)
+		name   string
+		values string
+		check  func(t *testing.T, w admissionregistrationv1.MutatingWebhook, m admissionregistrationv1.MutatingWebhookConfiguration)
 	}{
 		{"defaults", "", func(t *testing.T, w admissionregistrationv1.MutatingWebhook, m admissionregistrationv1.MutatingWebhookConfiguration) {
 			if got := m.Annotations["cert-manager.io/inject-ca-from"]; got != namespace+"/"+fullname+"-serving" {
@@ -809,13 +809,13 @@ func TestPrometheusRule(t *testing.T) {
 	pr := unstructuredOf(t, r.get(t, "PrometheusRule", fullname))
 	rules := pr["spec"].(map[string]any)["groups"].([]any)[0].(map[string]any)["rules"].([]any)
 	want := map[string]string{
-		"PrometheusMetricsProxyHookRedisQuorumAtRisk":       "prometheus_metrics_proxy_hook_redis_node_up",
-		"PrometheusMetricsProxyHookRedisQuorumLost":         "prometheus_metrics_proxy_hook_redis_node_up",
-		"PrometheusMetricsProxyHookRedisNodeDown":           "prometheus_metrics_proxy_hook_redis_node_up",
-		"PrometheusMetricsProxyHookCertificateExpiring":     "prometheus_metrics_proxy_hook_certificate_expiry_timestamp_seconds",
-		"PrometheusMetricsProxyHookSemaphoresFull":          `prometheus_metrics_proxy_hook_semaphore_operations_total{namespace="pmph-system",service="` + fullname + `",operation="acquire",result="full"}`,
-		"PrometheusMetricsProxyHookLeaseRenewalFailures":    `operation="renew",result=~"lost|no_quorum|error"`,
-		"PrometheusMetricsProxyHookPodsOverLimit":           `prometheus_metrics_proxy_hook_lease_api_requests_total{namespace="pmph-system",service="` + fullname + `",operation="acquire",code="409"}`,
+		"PrometheusMetricsProxyHookRedisQuorumAtRisk":    "prometheus_metrics_proxy_hook_redis_node_up",
+		"PrometheusMetricsProxyHookRedisQuorumLost":      "prometheus_metrics_proxy_hook_redis_node_up",
+		"PrometheusMetricsProxyHookRedisNodeDown":        "prometheus_metrics_proxy_hook_redis_node_up",
+		"PrometheusMetricsProxyHookCertificateExpiring":  "prometheus_metrics_proxy_hook_certificate_expiry_timestamp_seconds",
+		"PrometheusMetricsProxyHookSemaphoresFull":       `prometheus_metrics_proxy_hook_semaphore_operations_total{namespace="pmph-system",service="` + fullname + `",operation="acquire",result="full"}`,
+		"PrometheusMetricsProxyHookLeaseRenewalFailures": `operation="renew",result=~"lost|no_quorum|error"`,
+		"PrometheusMetricsProxyHookPodsOverLimit":        `prometheus_metrics_proxy_hook_lease_api_requests_total{namespace="pmph-system",service="` + fullname + `",operation="acquire",code="409"}`,
 	}
 	got := map[string]bool{}
 	for _, x := range rules {
