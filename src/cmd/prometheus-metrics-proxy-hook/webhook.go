@@ -2,11 +2,29 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"os"
+
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/webhook"
 )
 
-func runWebhook(_ context.Context, _ []string, _, stderr io.Writer) int {
-	fmt.Fprintln(stderr, "The webhook subcommand is not built yet.")
-	return 1
+// runWebhook parses the webhook's flags and serves until ctx ends (SIGTERM
+// or SIGINT). Exit codes: 0 after a clean shutdown or --help, 2 for an
+// invalid flag or environment variable, 1 for any other failure.
+func runWebhook(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	cfg, err := webhook.ParseConfig(args, os.Getenv, stdout)
+	if errors.Is(err, webhook.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "webhook: %v\n", err)
+		return 2
+	}
+	logger := webhook.NewLogger(stderr, cfg.LogFormat, cfg.LogLevel)
+	if err := webhook.Run(ctx, cfg, logger); err != nil {
+		return 1
+	}
+	return 0
 }
