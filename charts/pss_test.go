@@ -203,9 +203,13 @@ func TestRestrictedCheckerCatches(t *testing.T) {
 		}},
 		{"runAsUser 0", func(s *corev1.PodSpec) { s.SecurityContext.RunAsUser = &root }},
 		{"capabilities not dropped", func(s *corev1.PodSpec) { s.Containers[0].SecurityContext.Capabilities.Drop = nil }},
-		{"capability added", func(s *corev1.PodSpec) { s.Containers[0].SecurityContext.Capabilities.Add = []corev1.Capability{"NET_RAW"} }},
+		{"capability added", func(s *corev1.PodSpec) {
+			s.Containers[0].SecurityContext.Capabilities.Add = []corev1.Capability{"NET_RAW"}
+		}},
 		{"host port", func(s *corev1.PodSpec) { s.Containers[0].Ports[0].HostPort = 6379 }},
-		{"unsafe sysctl", func(s *corev1.PodSpec) { s.SecurityContext.Sysctls = []corev1.Sysctl{{Name: "kernel.msgmax", Value: "1"}} }},
+		{"unsafe sysctl", func(s *corev1.PodSpec) {
+			s.SecurityContext.Sysctls = []corev1.Sysctl{{Name: "kernel.msgmax", Value: "1"}}
+		}},
 		{"proc mount", func(s *corev1.PodSpec) { s.Containers[0].SecurityContext.ProcMount = &unconfined }},
 		{"writable root filesystem", func(s *corev1.PodSpec) { s.Containers[0].SecurityContext.ReadOnlyRootFilesystem = &fa }},
 		{"no security context", func(s *corev1.PodSpec) { s.InitContainers[0].SecurityContext = nil }},
