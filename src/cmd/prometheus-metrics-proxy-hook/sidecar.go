@@ -2,11 +2,87 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/buildinfo"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseapi"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/sidecar"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/sidecar/leasekeeper"
 )
 
-func runSidecar(_ context.Context, _ []string, _, stderr io.Writer) int {
-	fmt.Fprintln(stderr, "The sidecar subcommand is not built yet.")
-	return 1
+// leaseRequestTimeout bounds one call to the lease API; a renewal every
+// TTL/3 (10 s by default) leaves room for a retry within the TTL.
+const leaseRequestTimeout = 5 * time.Second
+
+func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) int {
+	cfg, err := sidecar.ParseConfig(args, os.LookupEnv, os.ReadFile, stderr)
+	if errors.Is(err, sidecar.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "The sidecar cannot start: %s.\n", err)
+		return 2
+	}
+	logger := newLogger(stderr, cfg.LogFormat, cfg.LogLevel).With().Str("version", buildinfo.Version).Logger()
+
+	var api leasekeeper.API
+	if cfg.Lease != nil {
+		client, err := leaseapi.NewClient(cfg.Lease.URL, cfg.Lease.CAPEM, leaseRequestTimeout)
+		if err != nil {
+			fmt.Fprintf(stderr, "The sidecar cannot start: %s.\n", err)
+			return 2
+		}
+		api = client
+		if len(cfg.Lease.CAPEM) == 0 {
+			logger.Warn().Msg("No CA bundle for the lease API was given (PMPH_LEASE_CA or --lease-ca-file); the system's roots are trusted.")
+		}
+	}
+	s, err := sidecar.New(cfg, logger, api)
+	if err != nil {
+		fmt.Fprintf(stderr, "The sidecar cannot start: %s.\n", err)
+		return 2
+	}
+	ln, err := net.Listen("tcp", cfg.ListenAddress)
+	if err != nil {
+		logger.Error().Err(err).Str("listen_address", cfg.ListenAddress).Msg("The sidecar cannot listen.")
+		return 1
+	}
+
+	// The signal's name goes into the log, hence a handler of our own next
+	// to the one of main, which only cancels.
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(signals)
+	termCtx, terminate := context.WithCancelCause(context.Background())
+	defer terminate(nil)
+	go func() {
+		select {
+		case sig := <-signals:
+			terminate(fmt.Errorf("received %s", sig))
+		case <-ctx.Done():
+			terminate(context.Cause(ctx))
+		case <-termCtx.Done():
+		}
+	}()
+	if err := s.Run(termCtx, ln); err != nil {
+		logger.Error().Err(err).Msg("The sidecar failed.")
+		return 1
+	}
+	return 0
+}
+
+func newLogger(w io.Writer, format string, level zerolog.Level) zerolog.Logger {
+	if format == "console" {
+		w = zerolog.ConsoleWriter{Out: w, NoColor: true, TimeFormat: time.RFC3339Nano}
+	}
+	return zerolog.New(w).Level(level).With().Timestamp().Str("component", "sidecar").Logger()
 }

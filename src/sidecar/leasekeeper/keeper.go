@@ -43,6 +43,10 @@ type Config struct {
 	Lease leaseapi.Lease
 	// Size is the semaphore's size, needed to take a slot again.
 	Size int
+	// WithoutSlot is set when the pod was admitted without a slot (no Redis
+	// quorum at admission, and the webhook's policy allows that): Run takes
+	// one first, with Lease's holder id.
+	WithoutSlot bool
 	// Interval is the time between renewals; zero means a third of the TTL
 	// the lease API answers.
 	Interval time.Duration
@@ -86,7 +90,7 @@ func New(cfg Config) (*Keeper, error) {
 			Int("size", cfg.Size).Logger(),
 		metrics: cfg.Metrics,
 		lease:   cfg.Lease,
-		held:    true,
+		held:    !cfg.WithoutSlot,
 	}, nil
 }
 
@@ -111,6 +115,9 @@ func (k *Keeper) Run(ctx context.Context) {
 		renewedOnce bool // a renewal succeeded since the lease was taken
 		lastOK      = time.Now()
 	)
+	if _, held := k.Lease(); !held {
+		k.log.Warn().Msg("The pod was admitted without a semaphore slot (the webhook had no Redis quorum); taking one now.")
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -165,7 +172,7 @@ func (k *Keeper) Run(ctx context.Context) {
 				k.lease, k.held, k.ttl = got, true, ttl
 				k.mu.Unlock()
 				k.log.Warn().Int("slot", got.Slot).Dur("ttl", ttl).Int("failed_attempts", failures).
-					Msg("Took a slot of the semaphore again after the lease was lost; the pod is within the limit.")
+					Msg("Took a slot of the semaphore; the pod is within the limit again.")
 				renewedOnce, failures, lastOK = true, 0, time.Now()
 				wait = jitter(k.intervalFor(ttl))
 			case errors.Is(err, leaseapi.ErrFull):
