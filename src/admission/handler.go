@@ -340,6 +340,7 @@ func (h *Handler) decide(ctx context.Context, rv *review, out []byte) *decision 
 			d.reason = reasonDryRun
 			warnings = append(warnings, "dry run: no semaphore slot was taken")
 		default:
+			h.cfg.Logger.Debug().Str("uid", d.uid).Str("semaphore", d.semaphore).Msg("taking a semaphore slot")
 			lease, err := h.cfg.Semaphore.Acquire(ctx, d.semaphore, p.size, p.startupTimeout)
 			var full *semaphore.FullError
 			switch {

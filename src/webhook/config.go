@@ -59,12 +59,17 @@ func ParseConfig(args []string, getenv func(string) string, usage io.Writer) (*C
 	fs := flag.NewFlagSet("webhook", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	str := func(name, def, help string) *string { return fs.String(name, def, help) }
+	boolean := func(name, help string) *string {
+		v := boolValue("false")
+		fs.Var(&v, name, help)
+		return (*string)(&v)
+	}
 	var (
 		listen       = str("listen-address", ":9443", "TLS listener: /mutate and the lease API /v1/leases/*")
 		metrics      = str("metrics-address", ":8080", "/metrics (the webhook's own metrics)")
 		probes       = str("probe-address", ":8081", "/healthz, /readyz")
 		certDir      = str("cert-dir", "/tls", "directory holding tls.crt, tls.key and ca.crt; re-read when they change")
-		http2        = str("enable-http2", "false", "HTTP/2 on the TLS listener (off: CVE-2023-44487)")
+		http2        = boolean("enable-http2", "HTTP/2 on the TLS listener (off: CVE-2023-44487)")
 		redisAddrs   = str("redis-addresses", "", "comma-separated host:port of the M Redis nodes (odd M); required")
 		passwordFile = str("redis-password-file", "", "file holding the Redis password")
 		redisTimeout = str("redis-timeout", "50ms", "per-node dial/read/write timeout")
@@ -78,7 +83,7 @@ func ParseConfig(args []string, getenv func(string) string, usage io.Writer) (*C
 		memReq       = str("sidecar-memory-request", "16Mi", "memory request of the sidecar (empty: none)")
 		cpuLim       = str("sidecar-cpu-limit", "", "CPU limit of the sidecar (empty: none)")
 		memLim       = str("sidecar-memory-limit", "32Mi", "memory limit of the sidecar (empty: none)")
-		native       = str("native-sidecar", "false", "inject into initContainers with restartPolicy Always")
+		native       = boolean("native-sidecar", "inject into initContainers with restartPolicy Always")
 		finalWait    = str("final-scrape-wait", "40s", "how long a terminating sidecar waits for one more scrape")
 		shutdown     = str("shutdown-timeout", "20s", "bound on finishing in-flight requests after SIGTERM")
 		logLevel     = str("log-level", "info", "debug, info, warn or error")
@@ -110,7 +115,7 @@ func ParseConfig(args []string, getenv func(string) string, usage io.Writer) (*C
 	})
 	bad := func(name, value, rule string) error {
 		if value == "" && strings.HasPrefix(rule, "is required") {
-			return &ConfigError{msg: fmt.Sprintf("missing --%s (or %s): it %s", name, envName(name), strings.TrimPrefix(rule, "is "))}
+			return &ConfigError{msg: fmt.Sprintf("missing --%s (or %s): %s", name, envName(name), strings.TrimPrefix(rule, "is required: "))}
 		}
 		return &ConfigError{msg: fmt.Sprintf("invalid %s %q: %s", source[name], value, rule)}
 	}
@@ -283,3 +288,12 @@ func short(d time.Duration) string {
 	}
 	return d.String()
 }
+
+// boolValue is a boolean flag (--enable-http2 alone means true) kept as
+// text, so that a bad value from the environment is reported like any
+// other.
+type boolValue string
+
+func (b *boolValue) String() string     { return string(*b) }
+func (b *boolValue) Set(s string) error { *b = boolValue(s); return nil }
+func (b *boolValue) IsBoolFlag() bool   { return true }

@@ -1,0 +1,5 @@
+//go:build !race
+
+package webhooktest
+
+const raceEnabled = false
