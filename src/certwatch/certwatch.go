@@ -58,7 +58,6 @@ type Watcher struct {
 
 	reloads *prometheus.CounterVec
 	expiry  *prometheus.Desc
-
 }
 
 type loaded struct {
