@@ -105,6 +105,11 @@ func invalid(format string, args ...any) *denial {
 func planFor(pod *podView, sidecarPort int32) (*plan, *denial) {
 	ann := pod.Metadata.Annotations
 	p := &plan{path: defaultMetricsPath, startupTimeout: DefaultStartupTimeout}
+	if len(pod.Spec.Containers) == 0 {
+		// Validation, which runs after admission, would refuse the pod
+		// anyway; a patch could not even add the sidecar to it.
+		return nil, invalid("the pod has no containers; it needs at least one before the metrics proxy can be injected")
+	}
 
 	for _, c := range pod.Spec.Containers {
 		if c.Name == ContainerName {

@@ -361,9 +361,16 @@ func (h *Handler) decide(ctx context.Context, rv *review, out []byte) *decision 
 					"no slot of semaphore %q could be taken (%s): the pod was admitted without one because the webhook's no-quorum policy is allow; its sidecar takes a slot when Redis recovers",
 					d.semaphore, trimSentence(err.Error())))
 			default:
+				// A split (racing acquirers, nodes that never agreed) is
+				// contention rather than an outage: the retry will do.
+				when := "Redis recovers"
+				var nq *semaphore.NoQuorumError
+				if errors.As(err, &nq) && nq.Split {
+					when = "its controller retries"
+				}
 				return h.deny(d, rv, out, &denial{code: 503, reason: reasonNoQuorum, message: fmt.Sprintf(
-					"no slot of semaphore %q could be taken: %s; the pod will be created when Redis recovers",
-					d.semaphore, trimSentence(err.Error()))})
+					"no slot of semaphore %q could be taken: %s; the pod will be created when %s",
+					d.semaphore, trimSentence(err.Error()), when)})
 			}
 		}
 	}

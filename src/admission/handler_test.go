@@ -149,6 +149,7 @@ func TestDenials(t *testing.T) {
 			`annotation prometheus.io/path "metrics" must be a URL path that starts with "/"`},
 		{"path with a space", with(ann(AnnotationPath, "/me trics")), 400,
 			`prometheus.io/path "/me trics" must be a URL path`},
+		{"no containers", with(func(p *corev1.Pod) { p.Spec.Containers = nil }), 400, "the pod has no containers"},
 		{"container named like the sidecar", with(func(p *corev1.Pod) {
 			p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: ContainerName, Image: "x"})
 		}), 400, `container "prometheus-metrics-proxy" already exists`},
@@ -509,7 +510,9 @@ func TestConcurrentAdmissionsNeverOverAdmit(t *testing.T) {
 			defer wg.Done()
 			resp := admit(t, f.h, reviewOfRaw(t, raw, reviewOpts{}))
 			if !resp.Allowed {
-				if resp.Result.Code != 429 {
+				// Full, or a split among racing acquirers: both are
+				// answers of the semaphore under contention.
+				if resp.Result.Code != 429 && !strings.Contains(resp.Result.Message, "no slot was claimed on a quorum") {
 					t.Errorf("unexpected denial %+v", resp.Result)
 				}
 				return
