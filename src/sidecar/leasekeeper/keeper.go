@@ -211,15 +211,16 @@ func (k *Keeper) lost(l leaseapi.Lease, err error, renewedOnce bool) {
 	k.mu.Lock()
 	k.held = false
 	k.mu.Unlock()
-	what := "The semaphore lease was lost: it expired or was released before this renewal"
-	switch {
-	case errors.Is(err, leaseapi.ErrConflict):
-		what = "The semaphore lease was lost: another holder owns the slot now, so this lease expired before this renewal"
-	case !renewedOnce:
-		what = "The startup lease was gone at the first renewal: the pod started after its semaphore-startup-timeout (long Pending, slow image pull) or a renewal came too late"
+	how := "it expired or was released"
+	if errors.Is(err, leaseapi.ErrConflict) {
+		how = "it expired, and another holder owns the slot now"
+	}
+	when := "The semaphore lease was lost (renewals did not reach a Redis quorum within its TTL, or Redis lost it)"
+	if !renewedOnce {
+		when = "The startup lease was gone at the first renewal (the pod started after its semaphore-startup-timeout: long Pending, slow image pull)"
 	}
 	k.log.Error().Err(err).Int("slot", l.Slot).
-		Msg(what + "; taking a slot of the semaphore again with the same holder id.")
+		Msg(when + ": " + how + "; taking a slot of the semaphore again with the same holder id.")
 }
 
 func (k *Keeper) setTTL(ttl time.Duration) {
