@@ -859,3 +859,26 @@ func TestNotes(t *testing.T) {
 		t.Errorf("NOTES do not say the ServiceMonitor was skipped:\n%s", m.Notes)
 	}
 }
+
+// The longest release name Helm allows (53 characters) still gives valid
+// names: at most 63 characters, and at most 52 for the StatefulSet (its pods'
+// controller-revision-hash label adds 11).
+func TestLongReleaseName(t *testing.T) {
+	long := strings.Repeat("r", 53)
+	for _, values := range []string{"", "istio: {enabled: true}\nnetworkPolicy: {enabled: true}", "redis: {enabled: false}\nexternalRedis: {addresses: [a:1], password: p}\nistio: {enabled: true}"} {
+		r := mustRender(t, renderOpts{releaseName: long, values: values})
+		for _, o := range r.Objects {
+			if errs := validation.IsDNS1123Subdomain(o.Name); len(errs) > 0 || len(o.Name) > 63 {
+				t.Errorf("%s: invalid name (%d characters): %v", o, len(o.Name), errs)
+			}
+			if o.Kind == "Service" {
+				if errs := validation.IsDNS1035Label(o.Name); len(errs) > 0 {
+					t.Errorf("%s: not a DNS-1035 label: %v", o, errs)
+				}
+			}
+			if o.Kind == "StatefulSet" && len(o.Name) > 52 {
+				t.Errorf("%s: StatefulSet name of %d characters", o, len(o.Name))
+			}
+		}
+	}
+}

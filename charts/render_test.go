@@ -41,6 +41,7 @@ type renderOpts struct {
 	kubeVersion string
 	skipSchema  bool
 	namespace   string
+	releaseName string
 }
 
 // object is one rendered Kubernetes object.
@@ -109,6 +110,9 @@ func renderChart(t *testing.T, o renderOpts) (*rendered, error) {
 	install.ClientOnly = true
 	install.Replace = true
 	install.ReleaseName = releaseName
+	if o.releaseName != "" {
+		install.ReleaseName = o.releaseName
+	}
 	install.Namespace = ns
 	install.KubeVersion = kubeVersion
 	install.APIVersions = chartutil.VersionSet(o.apiVersions)

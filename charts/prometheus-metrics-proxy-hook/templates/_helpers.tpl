@@ -1,20 +1,21 @@
 {{/*
-Names. Kubernetes names are limited to 63 characters; the Redis StatefulSet
-adds "-redis" and its pods "-N", so the base name is cut at 50.
+Names. Kubernetes names are limited to 63 characters and a StatefulSet's to
+52 (its pods' controller-revision-hash label adds 11); the longest suffix the
+chart adds is "-redis-headless", so the base name is cut at 42.
 */}}
 {{- define "pmph.name" -}}
-{{- default .Chart.Name .Values.nameOverride | trunc 50 | trimSuffix "-" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 42 | trimSuffix "-" -}}
 {{- end -}}
 
 {{- define "pmph.fullname" -}}
 {{- if .Values.fullnameOverride -}}
-{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" -}}
+{{- .Values.fullnameOverride | trunc 42 | trimSuffix "-" -}}
 {{- else -}}
 {{- $name := default .Chart.Name .Values.nameOverride -}}
 {{- if contains $name .Release.Name -}}
-{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- .Release.Name | trunc 42 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 42 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
