@@ -44,8 +44,9 @@ const (
 	maxPathLength         = 1024
 )
 
-// podView is what the handler reads of an annotated pod; encoding/json skips
-// everything else, which is cheaper than decoding a whole corev1.Pod.
+// podView is what the handler reads of an annotated pod (readPod fills it);
+// everything else is skipped, which is far cheaper than decoding a whole
+// corev1.Pod.
 type podView struct {
 	Metadata struct {
 		Name         string            `json:"name"`
@@ -61,12 +62,14 @@ type podView struct {
 }
 
 type containerView struct {
-	Name  string `json:"name"`
-	Ports []struct {
-		Name          string `json:"name"`
-		ContainerPort int32  `json:"containerPort"`
-		HostPort      int32  `json:"hostPort"`
-	} `json:"ports"`
+	Name  string     `json:"name"`
+	Ports []portView `json:"ports"`
+}
+
+type portView struct {
+	Name          string `json:"name"`
+	ContainerPort int32  `json:"containerPort"`
+	HostPort      int32  `json:"hostPort"`
 }
 
 // displayName is the pod's name for messages and logs: the name, or the

@@ -10,7 +10,6 @@ package admission
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -160,9 +159,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	out := h.getBuffer()
 	defer h.putBuffer(out)
-	ctx, cancel := context.WithTimeout(r.Context(), reviewBudget(r.URL.RawQuery))
-	defer cancel()
-	d := h.decide(ctx, &rv, (*out)[:0])
+	var d decision
+	h.decide(r, &rv, (*out)[:0], &d)
 	*out = d.response[:0]
 
 	if d.lease != nil {
@@ -172,7 +170,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// The slot counts only if the API server gets the answer: a
 		// client that left (timeout, connection closed) never will.
 		if err := r.Context().Err(); err != nil {
-			h.undeliverable(d, began, fmt.Errorf("the API server stopped waiting: %w", context.Cause(r.Context())))
+			h.undeliverable(&d, began, fmt.Errorf("the API server stopped waiting: %w", context.Cause(r.Context())))
 			return
 		}
 	}
@@ -188,11 +186,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			err = http.NewResponseController(w).Flush()
 		}
 		if err != nil {
-			h.undeliverable(d, began, fmt.Errorf("writing the answer: %w", err))
+			h.undeliverable(&d, began, fmt.Errorf("writing the answer: %w", err))
 			return
 		}
 	}
-	h.finish(d, began)
+	h.finish(&d, began)
 }
 
 var jsonContentType = []string{"application/json"}
@@ -207,7 +205,7 @@ func (h *Handler) undeliverable(d *decision, began time.Time, cause error) {
 	if err != nil {
 		ev = h.cfg.Logger.Error().AnErr("release_error", err)
 	}
-	ev.Str("uid", d.uid).Str("namespace", d.namespace).Str("pod", d.pod).
+	ev.Str("uid", d.rv.uidText()).Bytes("namespace", d.rv.namespace).Str("pod", d.pod).
 		Str("semaphore", d.lease.Name).Int("slot", d.lease.Slot).Str("holder_prefix", d.lease.Holder[:8]).
 		Bool("released", released).AnErr("error", cause).Dur("duration", time.Since(began)).
 		Msg("the answer was not delivered; the slot taken for it was given back")
@@ -219,7 +217,7 @@ func (h *Handler) finish(d *decision, began time.Time) {
 	h.cfg.Metrics.observe(d.reason, d.path, elapsed.Seconds())
 	var ev *zerolog.Event
 	switch {
-	case d.path == pathPassthrough:
+	case d.path == pathPassthrough && d.message == "":
 		ev = h.cfg.Logger.Debug()
 	case d.allowed:
 		ev = h.cfg.Logger.Info()
@@ -233,7 +231,7 @@ func (h *Handler) finish(d *decision, began time.Time) {
 	if !d.allowed {
 		decision = "denied"
 	}
-	ev = ev.Str("uid", d.uid).Str("namespace", d.namespace).Str("decision", decision).Str("reason", d.reason.String())
+	ev = ev.Str("uid", d.rv.uidText()).Bytes("namespace", d.rv.namespace).Str("decision", decision).Str("reason", d.reason.String())
 	if d.path != pathPassthrough {
 		ev = ev.Str("pod", d.pod)
 	}
@@ -270,8 +268,7 @@ type decision struct {
 	reason    reason
 	path      path
 	message   string
-	uid       string
-	namespace string
+	rv        *review
 	pod       string
 	semaphore string
 	dryRun    bool
@@ -280,52 +277,61 @@ type decision struct {
 	lease *semaphore.Lease
 }
 
-// decide answers a parsed review. out is the buffer for the response.
-func (h *Handler) decide(ctx context.Context, rv *review, out []byte) *decision {
-	d := &decision{uid: rv.uidText, namespace: rv.namespace, dryRun: rv.dryRun}
-	pass := func(why reason) *decision {
+// decide answers a parsed review into d. out is the buffer for the response.
+func (h *Handler) decide(r *http.Request, rv *review, out []byte, d *decision) {
+	d.rv, d.dryRun = rv, rv.dryRun
+	pass := func(why reason) {
 		d.allowed, d.reason, d.path = true, why, pathPassthrough
 		d.response = appendAllowed(out, rv.uid)
-		return d
 	}
-	if rv.kind != "Pod" || rv.group != "" || rv.version != "v1" || rv.subRes != "" || rv.object == nil {
-		return pass(reasonNotPod)
+	if string(rv.kind) != "Pod" || len(rv.group) != 0 || string(rv.version) != "v1" || len(rv.subRes) != 0 || rv.object == nil {
+		pass(reasonNotPod)
+		return
 	}
-	if rv.operation != "CREATE" {
-		return pass(reasonNotCreate)
+	if string(rv.operation) != "CREATE" {
+		pass(reasonNotCreate)
+		return
 	}
 	var g gate
 	if err := readGate(rv.object, &g); err != nil {
 		// parseReview validated the object's syntax: only a non-object
 		// gets here, and that is no pod.
-		return pass(reasonNotPod)
+		pass(reasonNotPod)
+		return
 	}
 	if g.optIn != "true" {
 		if g.hasOptIn && g.optIn != "false" && g.optIn != "" {
 			d.allowed, d.reason, d.path = true, reasonNotOptedIn, pathPassthrough
-			d.response = appendResponse(out, rv.uid, &answer{allowed: true, warnings: []string{fmt.Sprintf(
+			d.message = fmt.Sprintf(
 				"annotation %s is %q, not \"true\": the pod was admitted without the metrics proxy; only the exact value \"true\" opts in",
-				AnnotationOptIn, g.optIn)}})
-			return d
+				AnnotationOptIn, g.optIn)
+			d.response = appendResponse(out, rv.uid, &answer{allowed: true, warnings: []string{d.message}})
+			return
 		}
-		return pass(reasonNotOptedIn)
+		pass(reasonNotOptedIn)
+		return
 	}
 	if g.injected == "true" {
-		return pass(reasonAlreadyInjected)
+		pass(reasonAlreadyInjected)
+		return
 	}
 
 	d.path = pathInject
 	var pod podView
-	if err := json.Unmarshal(rv.object, &pod); err != nil {
-		return h.deny(d, rv, out, &denial{code: 400, reason: reasonInvalid, message: fmt.Sprintf("the pod could not be decoded: %v", err)})
+	if err := readPod(rv.object, &pod); err != nil {
+		h.deny(d, rv, out, &denial{code: 400, reason: reasonInvalid, message: fmt.Sprintf("the pod could not be decoded: %v", err)})
+		return
 	}
 	d.pod = pod.displayName()
-	if d.namespace == "" {
-		return h.deny(d, rv, out, &denial{code: 400, reason: reasonInvalid, message: "the admission request names no namespace for the pod"})
+	namespace := string(rv.namespace)
+	if namespace == "" {
+		h.deny(d, rv, out, &denial{code: 400, reason: reasonInvalid, message: "the admission request names no namespace for the pod"})
+		return
 	}
 	p, den := planFor(&pod, h.template.port)
 	if den != nil {
-		return h.deny(d, rv, out, den)
+		h.deny(d, rv, out, den)
+		return
 	}
 
 	var env *leaseEnv
@@ -333,15 +339,17 @@ func (h *Handler) decide(ctx context.Context, rv *review, out []byte) *decision 
 	d.reason = reasonInjected
 	if p.key != "" {
 		d.path = pathSemaphore
-		d.semaphore = leaseapi.SemaphoreName(rv.namespace, p.key)
-		env = &leaseEnv{namespace: rv.namespace, key: p.key, size: p.size, ca: h.cfg.CA()}
+		d.semaphore = leaseapi.SemaphoreName(namespace, p.key)
+		env = &leaseEnv{namespace: namespace, key: p.key, size: p.size, ca: h.cfg.CA()}
 		switch {
 		case rv.dryRun:
 			d.reason = reasonDryRun
 			warnings = append(warnings, "dry run: no semaphore slot was taken")
 		default:
-			h.cfg.Logger.Debug().Str("uid", d.uid).Str("semaphore", d.semaphore).Msg("taking a semaphore slot")
+			h.cfg.Logger.Debug().Str("uid", rv.uidText()).Str("semaphore", d.semaphore).Msg("taking a semaphore slot")
+			ctx, cancel := context.WithTimeout(r.Context(), reviewBudget(r.URL.RawQuery))
 			lease, err := h.cfg.Semaphore.Acquire(ctx, d.semaphore, p.size, p.startupTimeout)
+			cancel()
 			var full *semaphore.FullError
 			switch {
 			case err == nil:
@@ -349,11 +357,13 @@ func (h *Handler) decide(ctx context.Context, rv *review, out []byte) *decision 
 				d.lease = &lease
 			case errors.Is(err, context.Canceled):
 				// The API server stopped waiting; nobody reads this answer.
-				return h.deny(d, rv, out, &denial{code: 503, reason: reasonNotDelivered, message: fmt.Sprintf(
+				h.deny(d, rv, out, &denial{code: 503, reason: reasonNotDelivered, message: fmt.Sprintf(
 					"no slot of semaphore %q was taken: the API server stopped waiting", d.semaphore)})
+				return
 			case errors.As(err, &full):
-				return h.deny(d, rv, out, &denial{code: 429, reason: reasonFull, message: full.Error() +
+				h.deny(d, rv, out, &denial{code: 429, reason: reasonFull, message: full.Error() +
 					"; the pod will be created when a slot frees up"})
+				return
 			case h.cfg.NoQuorumPolicy == NoQuorumAllow:
 				d.reason = reasonNoQuorumAllowed
 				d.message = err.Error()
@@ -368,9 +378,10 @@ func (h *Handler) decide(ctx context.Context, rv *review, out []byte) *decision 
 				if errors.As(err, &nq) && nq.Split {
 					when = "its controller retries"
 				}
-				return h.deny(d, rv, out, &denial{code: 503, reason: reasonNoQuorum, message: fmt.Sprintf(
+				h.deny(d, rv, out, &denial{code: 503, reason: reasonNoQuorum, message: fmt.Sprintf(
 					"no slot of semaphore %q could be taken: %s; the pod will be created when %s",
 					d.semaphore, trimSentence(err.Error()), when)})
+				return
 			}
 		}
 	}
@@ -378,13 +389,11 @@ func (h *Handler) decide(ctx context.Context, rv *review, out []byte) *decision 
 	patch := h.template.appendPatch(make([]byte, 0, 2048+len(h.cfg.CA())*2), &pod, p, env, h.cfg.Sidecar.Native)
 	d.allowed = true
 	d.response = appendResponse(out, rv.uid, &answer{allowed: true, patch: patch, warnings: warnings})
-	return d
 }
 
-func (h *Handler) deny(d *decision, rv *review, out []byte, den *denial) *decision {
+func (h *Handler) deny(d *decision, rv *review, out []byte, den *denial) {
 	d.allowed, d.reason, d.message = false, den.reason, den.message
 	d.response = appendResponse(out, rv.uid, &answer{code: den.code, statusReason: statusReason(den.code), message: den.message})
-	return d
 }
 
 // reviewBudget is the time the handler may spend on a review: the API

@@ -7,16 +7,18 @@ import (
 
 // review is the part of an AdmissionReview v1 request the handler reads.
 // Byte slices point into the request body.
+// Strings are kept as bytes (no copy, no allocation) until a log line or a
+// semaphore name needs them.
 type review struct {
 	// uid is the raw JSON string token of request.uid, echoed verbatim.
 	uid       []byte
-	uidText   string
-	group     string // request.kind.group
-	version   string // request.kind.version
-	kind      string // request.kind.kind
-	subRes    string // request.subResource
-	operation string
-	namespace string
+	uidEsc    bool
+	group     []byte // request.kind.group
+	version   []byte // request.kind.version
+	kind      []byte // request.kind.kind
+	subRes    []byte // request.subResource
+	operation []byte
+	namespace []byte
 	dryRun    bool
 	// object is request.object, nil when absent or null.
 	object []byte
@@ -101,15 +103,14 @@ func parseRequest(s *scanner, r *review) error {
 			if err != nil {
 				return err
 			}
-			r.uid = raw
-			r.uidText = unquote(raw, escaped)
+			r.uid, r.uidEsc = raw, escaped
 			return nil
 		case equalsKey(key, esc, "kind"):
 			if s.isNull() {
 				return nil
 			}
 			return s.object(func(k []byte, e bool) error {
-				var dst *string
+				var dst *[]byte
 				switch {
 				case equalsKey(k, e, "group"):
 					dst = &r.group
@@ -120,14 +121,14 @@ func parseRequest(s *scanner, r *review) error {
 				default:
 					return s.skip()
 				}
-				return s.optText(dst)
+				return s.optBytes(dst)
 			})
 		case equalsKey(key, esc, "subResource"):
-			return s.optText(&r.subRes)
+			return s.optBytes(&r.subRes)
 		case equalsKey(key, esc, "operation"):
-			return s.optText(&r.operation)
+			return s.optBytes(&r.operation)
 		case equalsKey(key, esc, "namespace"):
-			return s.optText(&r.namespace)
+			return s.optBytes(&r.namespace)
 		case equalsKey(key, esc, "dryRun"):
 			v, err := s.boolean()
 			r.dryRun = v
@@ -155,6 +156,33 @@ func (s *scanner) optText(dst *string) error {
 	v, err := s.text()
 	*dst = v
 	return err
+}
+
+// optBytes reads a string or null into dst: the bytes of the input when the
+// string has no escapes.
+func (s *scanner) optBytes(dst *[]byte) error {
+	if s.isNull() {
+		*dst = nil
+		return nil
+	}
+	raw, escaped, err := s.str()
+	if err != nil {
+		return err
+	}
+	if escaped {
+		*dst = []byte(unquote(raw, true))
+	} else {
+		*dst = raw[1 : len(raw)-1]
+	}
+	return nil
+}
+
+// uidText is the uid for logs.
+func (r *review) uidText() string {
+	if r.uid == nil {
+		return ""
+	}
+	return unquote(r.uid, r.uidEsc)
 }
 
 // gate is what the fast path reads of a pod: the two annotations that decide

@@ -1,6 +1,7 @@
 package admission
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -76,6 +77,16 @@ func (s *scanner) str() (raw []byte, escaped bool, err error) {
 	i := s.pos + 1
 	data := s.data
 	for {
+		// Eight bytes at a time while none of them ends the string, starts
+		// an escape or is a control character: most of a pod is string
+		// content.
+		for i+8 <= len(data) {
+			w := binary.LittleEndian.Uint64(data[i:])
+			if hasZero(w^quotes)|hasZero(w^backslashes)|hasLess(w, 0x20) != 0 {
+				break
+			}
+			i += 8
+		}
 		for i < len(data) && plainString[data[i]] {
 			i++
 		}
@@ -112,6 +123,19 @@ func (s *scanner) str() (raw []byte, escaped bool, err error) {
 		}
 	}
 }
+
+const (
+	ones        = 0x0101010101010101
+	highs       = 0x8080808080808080
+	quotes      = '"' * ones
+	backslashes = '\\' * ones
+)
+
+// hasZero is non-zero when a byte of w is zero.
+func hasZero(w uint64) uint64 { return (w - ones) & ^w & highs }
+
+// hasLess is non-zero when a byte of w is below n (n <= 128).
+func hasLess(w uint64, n uint64) uint64 { return (w - ones*n) & ^w & highs }
 
 func isHex(c byte) bool {
 	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')

@@ -1,0 +1,139 @@
+package admission
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"strconv"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// paddedPod grows a pod with env vars, the way real pods get big, until its
+// JSON is about size bytes.
+func paddedPod(p *corev1.Pod, size int) []byte {
+	for i := 0; ; i++ {
+		raw := mustJSON(p)
+		if len(raw) >= size {
+			return raw
+		}
+		p.Spec.Containers[0].Env = append(p.Spec.Containers[0].Env, corev1.EnvVar{
+			Name: fmt.Sprintf("SETTING_%04d", i), Value: "some-configuration-value-of-medium-length"})
+	}
+}
+
+// discard is a ResponseWriter that keeps nothing, so that the benchmark
+// measures the handler.
+type discard struct {
+	header http.Header
+	n      int
+}
+
+func (d *discard) Header() http.Header         { return d.header }
+func (d *discard) WriteHeader(int)             {}
+func (d *discard) Write(p []byte) (int, error) { d.n += len(p); return len(p), nil }
+
+type body struct{ bytes.Reader }
+
+func (*body) Close() error { return nil }
+
+func BenchmarkHandler(b *testing.B) {
+	fx := newFixture(b, nil)
+	notAnnotated := func() *corev1.Pod {
+		p := basePod()
+		p.Annotations = map[string]string{"app.kubernetes.io/name": "app"}
+		return p
+	}
+	for _, size := range []int{2 << 10, 64 << 10} {
+		sizeName := strconv.Itoa(size>>10) + "KiB"
+		b.Run("not-annotated/"+sizeName, func(b *testing.B) {
+			benchReview(b, fx.h, reviewOfRaw(b, paddedPod(notAnnotated(), size), reviewOpts{}), nil)
+		})
+		b.Run("annotated/"+sizeName, func(b *testing.B) {
+			benchReview(b, fx.h, reviewOfRaw(b, paddedPod(basePod(), size), reviewOpts{}), nil)
+		})
+		b.Run("semaphore/"+sizeName, func(b *testing.B) {
+			// A fresh key per review (as with unique keys in the load
+			// test): every review takes a slot on 3 real nodes, and the
+			// slots expire on their own after the 1 s startup timeout.
+			p := semaphorePod("k000000000", "10")
+			p.Annotations[AnnotationStartupTimeout] = "1s"
+			review := reviewOfRaw(b, paddedPod(p, size), reviewOpts{})
+			at := bytes.Index(review, []byte(`"k000000000"`)) + 1
+			n := 0
+			benchReview(b, fx.h, review, func() {
+				n++
+				copy(review[at+1:at+10], fmt.Appendf(nil, "%09d", n))
+			})
+		})
+	}
+}
+
+func benchReview(b *testing.B, h http.Handler, review []byte, before func()) {
+	req, err := http.NewRequest(http.MethodPost, "/mutate?timeout=5s", nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.ContentLength = int64(len(review))
+	rb := &body{}
+	req.Body = rb
+	w := &discard{header: http.Header{}}
+	b.SetBytes(int64(len(review)))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if before != nil {
+			before()
+		}
+		rb.Reset(review)
+		clear(w.header)
+		w.n = 0
+		h.ServeHTTP(w, req)
+	}
+	if w.n == 0 {
+		b.Fatal("no answer")
+	}
+}
+
+func BenchmarkParse(b *testing.B) {
+	for _, size := range []int{2 << 10, 64 << 10} {
+		review := reviewOfRaw(b, paddedPod(basePod(), size), reviewOpts{})
+		b.Run("review+gate/"+strconv.Itoa(size>>10)+"KiB", func(b *testing.B) {
+			b.SetBytes(int64(len(review)))
+			b.ReportAllocs()
+			for b.Loop() {
+				var rv review2
+				if err := parseReview(review, &rv.review); err != nil {
+					b.Fatal(err)
+				}
+				if err := readGate(rv.object, &rv.gate); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+type review2 struct {
+	review
+	gate
+}
+
+func BenchmarkPatch(b *testing.B) {
+	t, err := newTemplate(testSidecar())
+	if err != nil {
+		b.Fatal(err)
+	}
+	pod := &podView{}
+	pod.Metadata.Annotations = map[string]string{AnnotationOptIn: "true"}
+	pod.Spec.Containers = []containerView{{Name: "app"}}
+	p := &plan{port: 8080, path: "/metrics"}
+	env := &leaseEnv{namespace: "ns", key: "k", size: 3, ca: []byte(testCA)}
+	buf := make([]byte, 0, 4096)
+	b.ReportAllocs()
+	for b.Loop() {
+		buf = t.appendPatch(buf[:0], pod, p, env, false)
+	}
+}
