@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/http"
+	"reflect"
 	"testing"
 
 	admissionv1 "k8s.io/api/admission/v1"
@@ -109,6 +110,20 @@ func FuzzPod(f *testing.F) {
 		if !resp.Allowed {
 			t.Fatal("a denial with a patch")
 		}
+		if canonical(object) {
+			// The scanner-based reader agrees with encoding/json on what
+			// the API server sends.
+			var viaScanner, viaJSON podView
+			if err := readPod(object, &viaScanner); err != nil {
+				t.Fatalf("readPod: %v", err)
+			}
+			if err := json.Unmarshal(object, &viaJSON); err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(normalize(viaScanner), normalize(viaJSON)) {
+				t.Fatalf("readPod %+v\nencoding/json %+v", viaScanner, viaJSON)
+			}
+		}
 		if !canonical(object) {
 			// Only pods the API server could have sent (its own encoding
 			// of a corev1.Pod: exact field names, no duplicates, no
@@ -165,6 +180,26 @@ func sameJSON(a, b []json.RawMessage) bool {
 		}
 	}
 	return true
+}
+
+// normalize makes empty and nil slices and maps equal.
+func normalize(p podView) podView {
+	if len(p.Metadata.Annotations) == 0 {
+		p.Metadata.Annotations = nil
+	}
+	fix := func(cs []containerView) []containerView {
+		if len(cs) == 0 {
+			return nil
+		}
+		for i := range cs {
+			if len(cs[i].Ports) == 0 {
+				cs[i].Ports = nil
+			}
+		}
+		return cs
+	}
+	p.Spec.Containers, p.Spec.InitContainers = fix(p.Spec.Containers), fix(p.Spec.InitContainers)
+	return p
 }
 
 // canonical reports whether object is what encoding a corev1.Pod gives, up
