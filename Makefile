@@ -49,7 +49,7 @@ apt-deps:
 
 .PHONY: lint
 lint:
-	@out=$$(gofmt -l src e2e hack 2>/dev/null); if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+	@dirs=$$(ls -d src e2e hack charts 2>/dev/null); out=$$(gofmt -l $$dirs); if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
 .PHONY: test

@@ -40,21 +40,22 @@ func (c *Client) AcquireAs(ctx context.Context, name string, size int, ttl time.
 			break
 		}
 		if attempt == maxAttempts {
-			err = &NoQuorumError{Op: "acquire", Quorum: c.quorum, Nodes: len(c.nodes), Split: true, Attempts: attempt}
+			// The nodes kept disagreeing. Either racing acquirers kept
+			// splitting the free slots between them, or every slot is held
+			// on a quorum without any node being full on its own (holders
+			// on {A,B} and {B,C} for a size of 2): ask the nodes which.
+			var free []int
+			if free, err = c.quorumFree(ctx, name, size); err != nil {
+				break
+			}
+			if len(free) == 0 {
+				err = &FullError{Name: name, Size: size, Held: size}
+			} else {
+				err = &NoQuorumError{Op: "acquire", Quorum: c.quorum, Nodes: len(c.nodes), Split: true, Attempts: attempt}
+			}
 			break
 		}
-		// The nodes disagreed. Ask them which slots they have free: a slot
-		// free on a quorum is worth another round that starts there; none
-		// means the semaphore is full even though no node alone says so.
-		var free []int
-		if free, err = c.quorumFree(ctx, name, size); err != nil {
-			break
-		}
-		if len(free) == 0 {
-			err = &FullError{Name: name, Size: size, Held: size}
-			break
-		}
-		start = free[rand.IntN(len(free))]
+		start = rand.IntN(size)
 		// A short random pause keeps racing acquirers from colliding again in
 		// lockstep; it stays far below the node timeout.
 		if err = pause(ctx, time.Duration(rand.Int64N(int64(attempt)*int64(time.Millisecond)))); err != nil {
@@ -91,14 +92,15 @@ func (c *Client) acquireOnce(ctx context.Context, name string, size int, ttl tim
 	}
 	var (
 		failures        []NodeError
-		full, answered  int
+		fingerprints    []string // of the nodes that answered full
+		answered        int
 		best, bestCount = -1, 0
 	)
 	undo := func(nodeIdx, slot int) { c.undoClaim(nodeIdx, base, holder, slot) }
 	undoLate := func(keep int) func(reply) {
 		return func(r reply) {
-			if slot, ok, err := parseAcquire(r.val, r.err); err == nil && ok && slot != keep {
-				undo(r.node, slot)
+			if claimed, err := parseAcquire(r.val, r.err, size); err == nil && claimed.ok && claimed.slot != keep {
+				undo(r.node, claimed.slot)
 			}
 		}
 	}
@@ -131,22 +133,22 @@ func (c *Client) acquireOnce(ctx context.Context, name string, size int, ttl tim
 			return Lease{}, fmt.Errorf("acquiring a slot of semaphore %q: %w", name, ctx.Err())
 		case r := <-replies:
 			answered++
-			slot, ok, err := parseAcquire(r.val, r.err)
+			claimed, err := parseAcquire(r.val, r.err, size)
 			switch {
 			case err != nil:
 				failures = append(failures, NodeError{Node: c.nodes[r.node].addr, Err: err})
-			case !ok:
-				full++
+			case !claimed.ok:
+				fingerprints = append(fingerprints, claimed.fingerprints)
 			default:
-				claims[r.node] = slot
+				claims[r.node] = claimed.slot
 				count := 0
 				for _, s := range claims {
-					if s == slot {
+					if s == claimed.slot {
 						count++
 					}
 				}
 				if count > bestCount {
-					best, bestCount = slot, count
+					best, bestCount = claimed.slot, count
 				}
 			}
 		}
@@ -163,17 +165,19 @@ func (c *Client) acquireOnce(ctx context.Context, name string, size int, ttl tim
 			undoAll(best, false)
 			c.drain(replies, remaining, undoLate(best))
 			return Lease{Name: name, Slot: best, Holder: holder, Deadline: began.Add(ttl - drift(ttl))}, nil
-		case full >= c.quorum:
-			undoAll(-1, false)
-			c.drain(replies, remaining, undoLate(-1))
-			return Lease{}, &FullError{Name: name, Size: size, Held: size}
 		case len(failures) > m-c.quorum:
 			undoAll(-1, false)
 			c.drain(replies, remaining, undoLate(-1))
 			return Lease{}, &NoQuorumError{Op: "acquire", Quorum: c.quorum, Nodes: m, Failures: failures}
-		case bestCount+remaining < c.quorum && full+remaining < c.quorum:
-			// No outcome can be reached any more in this round. The claims
-			// are undone before the caller retries: the acquire script
+		case bestCount == 0 && heldOnQuorum(fingerprints, size, c.quorum):
+			// Every slot is owned by one holder on a quorum: full, whatever
+			// the nodes still to answer say.
+			c.drain(replies, remaining, undoLate(-1))
+			return Lease{}, &FullError{Name: name, Size: size, Held: size}
+		case remaining == 0, bestCount > 0 && bestCount+remaining < c.quorum:
+			// No outcome can be reached in this round: claims split between
+			// racing acquirers, or slots only claimed, not owned. The claims
+			// are undone before the caller retries, since the acquire script
 			// would otherwise answer them again to the same holder.
 			undoAll(-1, true)
 			c.drain(replies, remaining, undoLate(-1))
@@ -182,6 +186,32 @@ func (c *Client) acquireOnce(ctx context.Context, name string, size int, ttl tim
 	}
 	// Unreachable: with every node answered one of the cases above holds.
 	return Lease{}, errSplit
+}
+
+// heldOnQuorum reports whether, for every slot, one holder fingerprint shows
+// on at least quorum of the full nodes' answers.
+func heldOnQuorum(fingerprints []string, size, quorum int) bool {
+	if len(fingerprints) < quorum {
+		return false
+	}
+	for slot := range size {
+		lo, hi := slot*fpLen, (slot+1)*fpLen
+		owned := false
+		for i := 0; i+quorum <= len(fingerprints) && !owned; i++ {
+			fp := fingerprints[i][lo:hi]
+			n := 0
+			for _, other := range fingerprints[i:] {
+				if other[lo:hi] == fp {
+					n++
+				}
+			}
+			owned = n >= quorum
+		}
+		if !owned {
+			return false
+		}
+	}
+	return true
 }
 
 // quorumFree answers the slots that are free on at least a quorum of nodes.
@@ -230,20 +260,32 @@ func (c *Client) undoClaim(nodeIdx int, base, holder string, slot int) {
 	_, _ = c.nodes[nodeIdx].eval(c.scripts.release, base, holder, slot)
 }
 
-func parseAcquire(v any, err error) (slot int, ok bool, _ error) {
+// acquireAnswer is one node's answer to the acquire script.
+type acquireAnswer struct {
+	ok           bool
+	slot         int
+	fingerprints string
+}
+
+func parseAcquire(v any, err error, size int) (acquireAnswer, error) {
 	if err != nil {
-		return 0, false, err
+		return acquireAnswer{}, err
 	}
 	arr, isArr := v.([]any)
 	if !isArr || len(arr) != 2 {
-		return 0, false, &protocolError{what: "acquire", reply: v}
+		return acquireAnswer{}, &protocolError{what: "acquire", reply: v}
 	}
-	flag, ok1 := arr[0].(int64)
-	n, ok2 := arr[1].(int64)
-	if !ok1 || !ok2 {
-		return 0, false, &protocolError{what: "acquire", reply: v}
+	switch flag := arr[0].(type) {
+	case int64:
+		if flag == 1 {
+			if slot, ok := arr[1].(int64); ok && slot >= 0 && slot < int64(size) {
+				return acquireAnswer{ok: true, slot: int(slot)}, nil
+			}
+		} else if fps, ok := arr[1].([]byte); ok && len(fps) == size*fpLen {
+			return acquireAnswer{fingerprints: string(fps)}, nil
+		}
 	}
-	return int(n), flag == 1, nil
+	return acquireAnswer{}, &protocolError{what: "acquire", reply: v}
 }
 
 func pause(ctx context.Context, d time.Duration) error {

@@ -4,7 +4,11 @@ import (
 	"context"
 	"crypto/sha1"
 	"encoding/hex"
+	"errors"
+	"io"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -41,73 +45,116 @@ func newScripts() scripts {
 // node is one Redis server behind its own connection pool.
 type node struct {
 	addr    string
-	pool    *redis.Pool
 	timeout time.Duration
+	newPool func() *redis.Pool
+	// pool is replaced as a whole when the server drops connections (a
+	// restart): every idle connection is then dead, and finding that out one
+	// failed operation at a time would cost an operation per connection.
+	pool atomic.Pointer[redis.Pool]
 }
 
 func newNode(addr, username, password string, timeout time.Duration, maxIdle int) *node {
 	n := &node{addr: addr, timeout: timeout}
-	n.pool = &redis.Pool{
-		MaxIdle: maxIdle,
-		// Connections idle for long may have been cut by a node restart;
-		// checking them before use keeps that from costing an operation.
-		TestOnBorrow: func(c redis.Conn, idleSince time.Time) error {
-			if time.Since(idleSince) < 30*time.Second {
-				return nil
-			}
-			_, err := redis.DoWithTimeout(c, timeout, "PING")
-			return err
-		},
-		IdleTimeout: 5 * time.Minute,
-		DialContext: func(ctx context.Context) (redis.Conn, error) {
-			opts := []redis.DialOption{
-				redis.DialConnectTimeout(timeout),
-				redis.DialReadTimeout(timeout),
-				redis.DialWriteTimeout(timeout),
-			}
-			if password != "" {
-				opts = append(opts, redis.DialPassword(password))
-			}
-			if username != "" {
-				opts = append(opts, redis.DialUsername(username))
-			}
-			return redis.DialContext(ctx, "tcp", addr, opts...)
-		},
+	n.newPool = func() *redis.Pool {
+		return &redis.Pool{
+			MaxIdle:     maxIdle,
+			IdleTimeout: 5 * time.Minute,
+			// Connections idle for long may have been cut by a firewall;
+			// checking them before use keeps that from costing an operation.
+			TestOnBorrow: func(c redis.Conn, idleSince time.Time) error {
+				if time.Since(idleSince) < 30*time.Second {
+					return nil
+				}
+				_, err := redis.DoWithTimeout(c, timeout, "PING")
+				return err
+			},
+			DialContext: func(ctx context.Context) (redis.Conn, error) {
+				opts := []redis.DialOption{
+					redis.DialConnectTimeout(timeout),
+					redis.DialReadTimeout(timeout),
+					redis.DialWriteTimeout(timeout),
+				}
+				if password != "" {
+					opts = append(opts, redis.DialPassword(password))
+				}
+				if username != "" {
+					opts = append(opts, redis.DialUsername(username))
+				}
+				return redis.DialContext(ctx, "tcp", addr, opts...)
+			},
+		}
 	}
+	n.pool.Store(n.newPool())
 	return n
 }
+
+func (n *node) close() error { return n.pool.Load().Close() }
 
 // eval runs a script on this node within the node timeout. It does not take
 // the caller's context on purpose: an operation that was sent must get its
 // answer (or time out) so that a claim it made can be undone, even when the
 // caller has stopped waiting.
+//
+// A connection the server has closed is retried once on a fresh pool. Every
+// script here is safe to run twice (acquire is idempotent per holder, the
+// others compare the holder), so a retry cannot take a second slot.
 func (n *node) eval(s *script, base string, args ...any) (any, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), n.timeout)
+	full := make([]any, 0, len(args)+3)
+	full = append(full, s.sha, 1, base)
+	full = append(full, args...)
+	began := time.Now()
+	reply, err := n.do(n.timeout, s, full)
+	if brokenConn(err) {
+		n.renewPool()
+		if left := n.timeout - time.Since(began); left > 0 {
+			reply, err = n.do(left, s, full)
+		}
+	}
+	return reply, err
+}
+
+func (n *node) do(timeout time.Duration, s *script, args []any) (any, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	conn, err := n.pool.GetContext(ctx)
+	conn, err := n.pool.Load().GetContext(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer conn.Close()
-	full := make([]any, 0, len(args)+3)
-	full = append(full, s.sha, 1, base)
-	full = append(full, args...)
-	reply, err := redis.DoWithTimeout(conn, n.timeout, "EVALSHA", full...)
+	args[0] = s.sha
+	reply, err := redis.DoWithTimeout(conn, timeout, "EVALSHA", args...)
 	if e, ok := err.(redis.Error); ok && strings.HasPrefix(string(e), "NOSCRIPT") {
-		full[0] = s.src
-		reply, err = redis.DoWithTimeout(conn, n.timeout, "EVAL", full...)
+		args[0] = s.src
+		reply, err = redis.DoWithTimeout(conn, timeout, "EVAL", args...)
 	}
 	return reply, err
+}
+
+// renewPool swaps in a fresh pool; concurrent callers that saw the same dead
+// pool swap only once.
+func (n *node) renewPool() {
+	old := n.pool.Load()
+	if n.pool.CompareAndSwap(old, n.newPool()) {
+		_ = old.Close()
+	}
+}
+
+func brokenConn(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 func (n *node) ping() error {
 	ctx, cancel := context.WithTimeout(context.Background(), n.timeout)
 	defer cancel()
-	conn, err := n.pool.GetContext(ctx)
+	conn, err := n.pool.Load().GetContext(ctx)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
 	_, err = redis.DoWithTimeout(conn, n.timeout, "PING")
+	if brokenConn(err) {
+		n.renewPool()
+	}
 	return err
 }

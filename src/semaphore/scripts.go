@@ -15,7 +15,11 @@ package semaphore
 // acquireScript claims a slot for ARGV[1] with TTL ARGV[2] ms, scanning the
 // ARGV[3] slots starting at ARGV[4]. It answers {1, slot} when the holder
 // holds a slot (new or from an earlier attempt, whose TTL it refreshes) and
-// {0, size} when every slot is held by someone else.
+// {0, fingerprints} when every slot is held by someone else: the first
+// fpLen characters of each slot's holder, slot after slot. Fingerprints let
+// the client tell a semaphore that is full (every slot held by one holder on
+// a quorum) from one whose slots are only claimed, one node each, by
+// acquirers racing for them: the latter is worth another attempt.
 const acquireScript = `
 local base = KEYS[1]
 local holder = ARGV[1]
@@ -41,8 +45,16 @@ for i = 0, size - 1 do
     return {1, s}
   end
 end
-return {0, size}
+local fps = {}
+for s = 0, size - 1 do
+  local v = redis.call('GET', base .. ':' .. s)
+  fps[s + 1] = string.sub((v or '') .. '------', 1, 6)
+end
+return {0, table.concat(fps)}
 `
+
+// fpLen is the length of a holder fingerprint in acquireScript's answer.
+const fpLen = 6
 
 // renewScript extends slot ARGV[2] to TTL ARGV[3] ms when it holds ARGV[1].
 // Answers 1 renewed, 0 the key is gone, -1 another holder has the slot.

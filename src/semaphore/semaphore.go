@@ -120,7 +120,7 @@ func (c *Client) Close() error {
 	c.background.Wait()
 	var errs []error
 	for _, n := range c.nodes {
-		errs = append(errs, n.pool.Close())
+		errs = append(errs, n.close())
 	}
 	return errors.Join(errs...)
 }
