@@ -24,7 +24,7 @@ func newClient(t *testing.T, nodes int, timeout time.Duration) (*semaphore.Clien
 	return clientFor(t, cluster, timeout), cluster
 }
 
-func clientFor(t *testing.T, cluster *redistest.Cluster, timeout time.Duration) *semaphore.Client {
+func clientFor(t testing.TB, cluster *redistest.Cluster, timeout time.Duration) *semaphore.Client {
 	t.Helper()
 	c, err := semaphore.New(semaphore.Config{Addrs: cluster.Addrs(), Password: cluster.Password, NodeTimeout: timeout})
 	if err != nil {
