@@ -26,10 +26,13 @@ func (c *Client) renew(ctx context.Context, lease Lease, ttl time.Duration, bega
 	if !ValidHolderID(lease.Holder) {
 		return Lease{}, fmt.Errorf("semaphore: holder id %q must be 32 lowercase hex digits", lease.Holder)
 	}
+	base := c.base(lease.Name)
 	if !lease.Deadline.IsZero() && !began.Before(lease.Deadline) {
+		// The keys may outlive the validity by the drift allowance; they
+		// are this holder's and nobody may count on them any more.
+		c.releaseInBackground(base, lease, nil, 0)
 		return Lease{}, &LeaseLostError{Lease: lease, Reason: LostExpired}
 	}
-	base := c.base(lease.Name)
 	replies := c.fanout(func(n *node) (any, error) {
 		return n.eval(c.scripts.renew, base, lease.Holder, lease.Slot, ttl.Milliseconds())
 	})
