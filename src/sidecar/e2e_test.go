@@ -142,7 +142,7 @@ type appOpts struct {
 	padBytes     int
 }
 
-func startApp(t *testing.T, o appOpts) *app {
+func startApp(t testing.TB, o appOpts) *app {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), appEnv+"=1", appTickEnv+"="+o.tick.String(), appLingerEnv+"="+o.linger.String(),
@@ -216,7 +216,7 @@ type fixture struct {
 	wh    *webhooktest.Webhook
 }
 
-func newFixture(t *testing.T, leaseTTL time.Duration) *fixture {
+func newFixture(t testing.TB, leaseTTL time.Duration) *fixture {
 	t.Helper()
 	redis := redistest.StartT(t, 3)
 	sem, err := semaphore.New(semaphore.Config{Addrs: redis.Addrs(), Password: redis.Password, NodeTimeout: time.Second})
@@ -236,7 +236,7 @@ const testNamespace = "team-a"
 // admit sends the review of an opted-in pod with a semaphore to the
 // webhook, as the API server does, and returns the environment of the
 // sidecar container the webhook injected.
-func (f *fixture) admit(t *testing.T, key string, size int) map[string]string {
+func (f *fixture) admit(t testing.TB, key string, size int) map[string]string {
 	t.Helper()
 	pod := map[string]any{
 		"apiVersion": "v1", "kind": "Pod",

@@ -12,6 +12,8 @@ package sidecartest
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -339,17 +341,27 @@ func ReleaseBinary(t testing.TB) string {
 	return bin
 }
 
+// buildRelease builds into one directory per checkout that later runs
+// reuse, so that repeated test runs leave no binaries behind; the rename
+// makes the replacement atomic for a concurrent run that still executes the
+// previous build.
 var buildRelease = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "sidecartest-bin-")
-	if err != nil {
+	root := moduleRoot()
+	sum := sha256.Sum256([]byte(root))
+	dir := filepath.Join(os.TempDir(), "sidecartest-"+hex.EncodeToString(sum[:6]))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", err
 	}
 	bin := filepath.Join(dir, "prometheus-metrics-proxy-hook")
-	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, webhooktest.Package)
-	cmd.Dir = moduleRoot()
+	tmp := bin + ".tmp" + strconv.Itoa(os.Getpid())
+	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-trimpath", "-ldflags", "-s -w", "-o", tmp, webhooktest.Package)
+	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build %s: %w\n%s", webhooktest.Package, err, out)
+	}
+	if err := os.Rename(tmp, bin); err != nil {
+		return "", err
 	}
 	return bin, nil
 })
