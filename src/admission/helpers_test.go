@@ -67,7 +67,7 @@ func newFixtureOn(t testing.TB, cluster *redistest.Cluster, edit func(*Config)) 
 		Sidecar:   testSidecar(),
 		Semaphore: sem,
 		CA:        func() []byte { return []byte(testCA) },
-		Logger:    zerolog.New(logs),
+		Logger:    zerolog.New(logs).Level(zerolog.InfoLevel),
 		Metrics:   NewMetrics(),
 	}
 	if edit != nil {

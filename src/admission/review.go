@@ -192,6 +192,11 @@ type gate struct {
 	hasOptIn, hasInjected bool
 }
 
+// errGateRead stops readGate's scan once metadata was read: parseReview has
+// validated the whole document already, and the API server writes metadata
+// before the spec, so the bulk of the pod is never looked at twice.
+var errGateRead = errors.New("gate read")
+
 // readGate finds the opt-in and injected annotations in a pod object
 // without decoding anything else.
 func readGate(object []byte, g *gate) error {
@@ -199,11 +204,14 @@ func readGate(object []byte, g *gate) error {
 	if s.peek() != '{' {
 		return fmt.Errorf("%w: the request object is not a JSON object", errBadReview)
 	}
-	return s.object(func(key []byte, esc bool) error {
-		if !equalsKey(key, esc, "metadata") || s.isNull() {
+	err := s.object(func(key []byte, esc bool) error {
+		if !equalsKey(key, esc, "metadata") {
 			return s.skip()
 		}
-		return s.object(func(key []byte, esc bool) error {
+		if s.isNull() {
+			return errGateRead
+		}
+		if err := s.object(func(key []byte, esc bool) error {
 			if !equalsKey(key, esc, "annotations") || s.isNull() {
 				return s.skip()
 			}
@@ -225,6 +233,13 @@ func readGate(object []byte, g *gate) error {
 				*has = true
 				return s.optText(dst)
 			})
-		})
+		}); err != nil {
+			return err
+		}
+		return errGateRead
 	})
+	if err == errGateRead {
+		return nil
+	}
+	return err
 }
