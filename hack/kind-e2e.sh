@@ -57,7 +57,7 @@ command -v ct >/dev/null 2>&1 || hack/install-tools.sh ct
 if ! command -v kind >/dev/null 2>&1; then
 	say "installing kind $KIND_VERSION"
 	mkdir -p "$TOOLS_BIN"
-	GOBIN=$TOOLS_BIN GOFLAGS=-mod=mod go install "sigs.k8s.io/kind@$KIND_VERSION"
+	GOBIN=$TOOLS_BIN go install "sigs.k8s.io/kind@$KIND_VERSION"
 fi
 
 created=0
