@@ -53,12 +53,14 @@ type podView struct {
 		GenerateName string            `json:"generateName"`
 		Annotations  map[string]string `json:"annotations"`
 	} `json:"metadata"`
-	Spec struct {
-		Containers                    []containerView `json:"containers"`
-		InitContainers                []containerView `json:"initContainers"`
-		HostNetwork                   bool            `json:"hostNetwork"`
-		TerminationGracePeriodSeconds *int64          `json:"terminationGracePeriodSeconds"`
-	} `json:"spec"`
+	Spec podSpecView `json:"spec"`
+}
+
+type podSpecView struct {
+	Containers                    []containerView `json:"containers"`
+	InitContainers                []containerView `json:"initContainers"`
+	HostNetwork                   bool            `json:"hostNetwork"`
+	TerminationGracePeriodSeconds *int64          `json:"terminationGracePeriodSeconds"`
 }
 
 type containerView struct {

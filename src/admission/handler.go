@@ -292,13 +292,12 @@ func (h *Handler) decide(r *http.Request, rv *review, out []byte, d *decision) {
 		pass(reasonNotCreate)
 		return
 	}
-	var g gate
-	if err := readGate(rv.object, &g); err != nil {
-		// parseReview validated the object's syntax: only a non-object
-		// gets here, and that is no pod.
-		pass(reasonNotPod)
-		return
+	if !rv.objectRead {
+		// The object came before kind or operation: read it now.
+		rv.opted, rv.podErr = readPod(rv.object, &rv.pod, &rv.gate)
+		rv.objectRead = true
 	}
+	g := &rv.gate
 	if g.optIn != "true" {
 		if g.hasOptIn && g.optIn != "false" && g.optIn != "" {
 			d.allowed, d.reason, d.path = true, reasonNotOptedIn, pathPassthrough
@@ -315,11 +314,16 @@ func (h *Handler) decide(r *http.Request, rv *review, out []byte, d *decision) {
 		pass(reasonAlreadyInjected)
 		return
 	}
+	if !rv.opted {
+		// Unreadable before the gate was known: not a pod.
+		pass(reasonNotPod)
+		return
+	}
 
 	d.path = pathInject
-	var pod podView
-	if err := readPod(rv.object, &pod); err != nil {
-		h.deny(d, rv, out, &denial{code: 400, reason: reasonInvalid, message: fmt.Sprintf("the pod could not be decoded: %v", err)})
+	pod := &rv.pod
+	if rv.podErr != nil {
+		h.deny(d, rv, out, &denial{code: 400, reason: reasonInvalid, message: fmt.Sprintf("the pod could not be decoded: %v", rv.podErr)})
 		return
 	}
 	d.pod = pod.displayName()
@@ -328,7 +332,7 @@ func (h *Handler) decide(r *http.Request, rv *review, out []byte, d *decision) {
 		h.deny(d, rv, out, &denial{code: 400, reason: reasonInvalid, message: "the admission request names no namespace for the pod"})
 		return
 	}
-	p, den := planFor(&pod, h.template.port)
+	p, den := planFor(pod, h.template.port)
 	if den != nil {
 		h.deny(d, rv, out, den)
 		return
@@ -386,7 +390,7 @@ func (h *Handler) decide(r *http.Request, rv *review, out []byte, d *decision) {
 		}
 	}
 
-	patch := h.template.appendPatch(make([]byte, 0, 2048+len(h.cfg.CA())*2), &pod, p, env, h.cfg.Sidecar.Native)
+	patch := h.template.appendPatch(make([]byte, 0, 2048+len(h.cfg.CA())*2), pod, p, env, h.cfg.Sidecar.Native)
 	d.allowed = true
 	d.response = appendResponse(out, rv.uid, &answer{allowed: true, patch: patch, warnings: warnings})
 }

@@ -613,3 +613,45 @@ func TestPatchEscapesAnnotationKeys(t *testing.T) {
 		t.Fatalf("got %s want %s", got, want)
 	}
 }
+
+func TestMemberOrderAndShapes(t *testing.T) {
+	f := newFixture(t, nil)
+	optIn := `"` + AnnotationOptIn + `":"true","prometheus.io/port":"8080"`
+	spec := `"spec":{"containers":[{"name":"app","image":"a"}]}`
+	meta := `"metadata":{"name":"p","annotations":{` + optIn + `}}`
+	head := `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u1",`
+	kind := `"kind":{"group":"","version":"v1","kind":"Pod"},"operation":"CREATE","namespace":"ns"`
+	cases := []struct {
+		name    string
+		body    string
+		patched bool
+		denied  string
+	}{
+		{"API server order", head + kind + `,"object":{` + meta + `,` + spec + `}}}`, true, ""},
+		{"object before kind and operation", head + `"object":{` + meta + `,` + spec + `},` + kind + `}}`, true, ""},
+		{"spec before metadata", head + kind + `,"object":{` + spec + `,` + meta + `}}}`, true, ""},
+		{"wrong shape, opted in", head + kind + `,"object":{` + meta + `,"spec":{"containers":"app"}}}}`, false, "the pod could not be decoded"},
+		{"wrong port type, opted in", head + kind + `,"object":{` + meta + `,"spec":{"containers":[{"name":"a","ports":[{"containerPort":"80"}]}]}}}}`, false, "the pod could not be decoded"},
+		{"wrong shape, not opted in", head + kind + `,"object":{"metadata":{"name":"p"},"spec":{"containers":"app"}}}}`, false, ""},
+		{"object not an object", head + kind + `,"object":[1]}}`, false, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := admit(t, f.h, []byte(tc.body))
+			switch {
+			case tc.denied != "":
+				if resp.Allowed || !strings.Contains(resp.Result.Message, tc.denied) {
+					t.Fatalf("want a denial containing %q, got %+v", tc.denied, resp)
+				}
+			case tc.patched:
+				if !resp.Allowed || resp.Patch == nil {
+					t.Fatalf("want a patch, got %+v", resp)
+				}
+			default:
+				if !resp.Allowed || resp.Patch != nil {
+					t.Fatalf("want allowed untouched, got %+v", resp)
+				}
+			}
+		})
+	}
+}

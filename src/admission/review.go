@@ -22,6 +22,23 @@ type review struct {
 	dryRun    bool
 	// object is request.object, nil when absent or null.
 	object []byte
+
+	// When kind and operation come before the object (as the API server
+	// writes them) and make it a Pod CREATE, the object is read as it is
+	// validated: objectRead is set, and gate, opted, pod and podErr hold
+	// what readObject answered.
+	objectRead bool
+	gate       gate
+	opted      bool
+	pod        podView
+	podErr     error
+}
+
+// isPodCreate reports whether the request is a Pod CREATE, the only one
+// the webhook looks into.
+func (r *review) isPodCreate() bool {
+	return string(r.kind) == "Pod" && len(r.group) == 0 && string(r.version) == "v1" && len(r.subRes) == 0 &&
+		string(r.operation) == "CREATE"
 }
 
 // reviewAPIVersion is the only AdmissionReview version served; the webhook
@@ -134,8 +151,27 @@ func parseRequest(s *scanner, r *review) error {
 			r.dryRun = v
 			return err
 		case equalsKey(key, esc, "object"):
+			r.objectRead, r.opted, r.podErr, r.gate, r.pod = false, false, nil, gate{}, podView{}
 			if s.isNull() {
 				r.object = nil
+				return nil
+			}
+			s.skipSpace()
+			from := s.pos
+			if r.isPodCreate() {
+				opted, err := s.readObject(&r.pod, &r.gate)
+				if err == nil {
+					r.object, r.objectRead, r.opted = s.data[from:s.pos], true, opted
+					return nil
+				}
+				// Not a pod the webhook can read: tell a syntax error
+				// (the review is refused) from a pod of the wrong shape
+				// (the pod is denied, or passed if it did not opt in).
+				s.pos = from
+				if serr := s.skip(); serr != nil {
+					return serr
+				}
+				r.object, r.objectRead, r.opted, r.podErr = s.data[from:s.pos], true, opted, err
 				return nil
 			}
 			v, err := s.span()
@@ -190,56 +226,4 @@ func (r *review) uidText() string {
 type gate struct {
 	optIn, injected       string
 	hasOptIn, hasInjected bool
-}
-
-// errGateRead stops readGate's scan once metadata was read: parseReview has
-// validated the whole document already, and the API server writes metadata
-// before the spec, so the bulk of the pod is never looked at twice.
-var errGateRead = errors.New("gate read")
-
-// readGate finds the opt-in and injected annotations in a pod object
-// without decoding anything else.
-func readGate(object []byte, g *gate) error {
-	s := scanner{data: object}
-	if s.peek() != '{' {
-		return fmt.Errorf("%w: the request object is not a JSON object", errBadReview)
-	}
-	err := s.object(func(key []byte, esc bool) error {
-		if !equalsKey(key, esc, "metadata") {
-			return s.skip()
-		}
-		if s.isNull() {
-			return errGateRead
-		}
-		if err := s.object(func(key []byte, esc bool) error {
-			if !equalsKey(key, esc, "annotations") || s.isNull() {
-				return s.skip()
-			}
-			return s.object(func(key []byte, esc bool) error {
-				var dst *string
-				var has *bool
-				switch {
-				case equalsKey(key, esc, AnnotationOptIn):
-					dst, has = &g.optIn, &g.hasOptIn
-				case equalsKey(key, esc, AnnotationInjected):
-					dst, has = &g.injected, &g.hasInjected
-				default:
-					return s.skip()
-				}
-				if s.isNull() {
-					*dst, *has = "", false
-					return nil
-				}
-				*has = true
-				return s.optText(dst)
-			})
-		}); err != nil {
-			return err
-		}
-		return errGateRead
-	})
-	if err == errGateRead {
-		return nil
-	}
-	return err
 }
