@@ -1,6 +1,7 @@
 package admission
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	appsv1 "k8s.io/api/apps/v1"
@@ -653,5 +655,55 @@ func TestMemberOrderAndShapes(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestClientDisconnectReleasesTheSlot goes through a real connection: the
+// client gives up after the slot was taken and before the answer was
+// written; the server notices the closed connection and gives the slot back.
+func TestClientDisconnectReleasesTheSlot(t *testing.T) {
+	f := newFixture(t, nil)
+	decided := make(chan struct{}, 1)
+	f.h.afterDecision = func(ctx context.Context) {
+		decided <- struct{}{}
+		select {
+		case <-ctx.Done():
+		case <-time.After(10 * time.Second):
+			t.Error("the server never noticed the client had gone")
+		}
+	}
+	served := make(chan struct{}, 1)
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() { served <- struct{}{} }()
+		f.h.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+
+	raw := mustJSON(semaphorePod("gone", "1"))
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/mutate?timeout=5s", bytes.NewReader(reviewOfRaw(t, raw, reviewOpts{})))
+	req.Header.Set("Content-Type", "application/json")
+	errc := make(chan error, 1)
+	go func() {
+		resp, err := srv.Client().Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		errc <- err
+	}()
+	<-decided
+	if got := held(t, f.sem, testNamespace+"/gone", 1); got != 1 {
+		t.Fatalf("the slot should be held while the answer is pending: %d", got)
+	}
+	cancel()
+	if err := <-errc; err == nil {
+		t.Fatal("the request succeeded although the client cancelled it")
+	}
+	<-served
+	if got := held(t, f.sem, testNamespace+"/gone", 1); got != 0 {
+		t.Fatalf("slot still held after the client left: %d", got)
+	}
+	if !strings.Contains(f.logs.String(), "the slot taken for it was given back") {
+		t.Fatalf("log: %s", f.logs.String())
 	}
 }
