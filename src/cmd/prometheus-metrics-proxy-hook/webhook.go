@@ -22,7 +22,9 @@ func runWebhook(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		fmt.Fprintf(stderr, "webhook: %v\n", err)
 		return 2
 	}
-	logger := webhook.NewLogger(stderr, cfg.LogFormat, cfg.LogLevel)
+	logs := webhook.NewLogWriter(stderr)
+	defer logs.Close()
+	logger := webhook.NewLogger(logs, cfg.LogFormat, cfg.LogLevel)
 	if err := webhook.Run(ctx, cfg, logger); err != nil {
 		return 1
 	}
