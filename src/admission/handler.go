@@ -183,7 +183,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// Flushing now turns a broken connection into an error here, where
 		// the slot can still be given back.
 		if err == nil {
-			err = http.NewResponseController(w).Flush()
+			// A writer that cannot flush (a wrapper without Unwrap) gives
+			// no delivery signal; the slot is then kept, as for any answer
+			// written without an error.
+			if ferr := http.NewResponseController(w).Flush(); !errors.Is(ferr, http.ErrNotSupported) {
+				err = ferr
+			}
 		}
 		if err != nil {
 			h.undeliverable(&d, began, fmt.Errorf("writing the answer: %w", err))
