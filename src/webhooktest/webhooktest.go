@@ -108,6 +108,12 @@ type Options struct {
 	// RedisPassword is written to a file passed as --redis-password-file;
 	// empty passes no password file.
 	RedisPassword string
+	// RedisPasswordFile is passed as --redis-password-file as it is, for
+	// tests that manage the file themselves; it wins over RedisPassword.
+	RedisPasswordFile string
+	// Binary runs this webhook binary instead of the one built for the
+	// test binary (e.g. a release build, for memory figures).
+	Binary string
 	// Certs is the certificate directory; nil creates one.
 	Certs *CertDir
 	// SidecarImage defaults to "prometheus-metrics-proxy-hook:test".
@@ -170,7 +176,11 @@ func New(t testing.TB, opts Options) *Webhook {
 	if opts.ReadyTimeout == 0 {
 		opts.ReadyTimeout = DefaultReadyTimeout
 	}
-	w := &Webhook{t: t, opts: opts, bin: Binary(t), dir: t.TempDir(), Certs: opts.Certs, logs: &bytes.Buffer{},
+	bin := opts.Binary
+	if bin == "" {
+		bin = Binary(t)
+	}
+	w := &Webhook{t: t, opts: opts, bin: bin, dir: t.TempDir(), Certs: opts.Certs, logs: &bytes.Buffer{},
 		chosen: "127.0.0.1:" + strconv.Itoa(FreePort(t))}
 	t.Cleanup(func() {
 		if w.Running() {
@@ -295,7 +305,10 @@ func (w *Webhook) args() ([]string, error) {
 		"--sidecar-image=" + w.opts.SidecarImage,
 		"--shutdown-timeout=10s",
 	}
-	if w.opts.RedisPassword != "" {
+	switch {
+	case w.opts.RedisPasswordFile != "":
+		args = append(args, "--redis-password-file="+w.opts.RedisPasswordFile)
+	case w.opts.RedisPassword != "":
 		f := filepath.Join(w.dir, "redis-password")
 		if err := os.WriteFile(f, []byte(w.opts.RedisPassword+"\n"), 0o600); err != nil {
 			return nil, err
