@@ -209,6 +209,17 @@ func TestHTTP2WithFlag(t *testing.T) {
 	if p := negotiated(t, wh); p != "h2" {
 		t.Fatalf("negotiated %q, want h2", p)
 	}
+	// And the review is served over it.
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: wh.Certs.ClientTLS(), ForceAttemptHTTP2: true}}
+	resp, err := c.Post(wh.MutateURL(), "application/json", bytes.NewReader(review("h2", annotated)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.ProtoMajor != 2 || resp.StatusCode != 200 || !strings.Contains(string(b), `"uid":"h2","allowed":`) {
+		t.Fatalf("HTTP/%d %d %s", resp.ProtoMajor, resp.StatusCode, b)
+	}
 }
 
 func TestCertificateRotationUnderLoad(t *testing.T) {
