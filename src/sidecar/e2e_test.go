@@ -226,7 +226,9 @@ func newFixture(t testing.TB, leaseTTL time.Duration) *fixture {
 	t.Cleanup(func() { _ = sem.Close() })
 	wh := webhooktest.Start(t, webhooktest.Options{
 		Redis: redis.Addrs(), RedisPassword: redis.Password,
-		Args: []string{"--lease-ttl=" + leaseTTL.String()},
+		// The default 50ms per-node timeout suits a quiet loopback; tests
+		// under -race on a shared machine need slack.
+		Args: []string{"--lease-ttl=" + leaseTTL.String(), "--redis-timeout=1s"},
 	})
 	return &fixture{redis: redis, sem: sem, wh: wh}
 }
