@@ -14,6 +14,7 @@ package holders
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -73,7 +74,7 @@ func Check(intervals []Interval, sizes map[string]int) ([]Violation, error) {
 		bySem[iv.Semaphore] = append(bySem[iv.Semaphore], iv)
 	}
 	var out []Violation
-	for _, sem := range slices.Sorted(mapKeys(bySem)) {
+	for _, sem := range slices.Sorted(maps.Keys(bySem)) {
 		out = append(out, sweep(sem, sizes[sem], bySem[sem])...)
 	}
 	return out, nil
@@ -115,7 +116,7 @@ func sweep(sem string, size int, ivs []Interval) []Violation {
 		shared  = map[int]bool{}           // slots inside a SharedSlot excursion
 	)
 	snapshot := func() []Interval {
-		idx := slices.Sorted(mapKeys(active))
+		idx := slices.Sorted(maps.Keys(active))
 		s := make([]Interval, len(idx))
 		for i, j := range idx {
 			s[i] = ivs[j]
@@ -156,16 +157,6 @@ func sweep(sem string, size int, ivs []Interval) []Violation {
 		}
 	}
 	return out
-}
-
-func mapKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
-	return func(yield func(K) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
 
 // Tenure is one holder's view of its lease, built as the client goes.
