@@ -122,11 +122,23 @@ func (s *Server) serve() error {
 	return fmt.Errorf("the %s server on %s stopped: %w", s.name, s.ln.Addr(), err)
 }
 
+// Shutdown says how the servers stop once Run's context ends.
+type Shutdown struct {
+	// Delay keeps serving after the context ended, with readiness failing
+	// and keep-alive off, so that endpoints drop the replica and clients
+	// (the API server) stop reusing its connections before the listeners
+	// close; otherwise reviews sent in that window fail.
+	Delay time.Duration
+	// Timeout bounds finishing in-flight requests once the listeners are
+	// closed; connections still busy after it are closed.
+	Timeout time.Duration
+	// Before runs first (e.g. to fail readiness).
+	Before func()
+}
+
 // Run serves on every server until ctx ends or one of them fails, then
-// shuts all of them down: listeners close at once, in-flight requests get
-// up to shutdownTimeout to finish, and connections still busy after that
-// are closed. beforeShutdown runs first (e.g. to fail readiness).
-func Run(ctx context.Context, logger zerolog.Logger, shutdownTimeout time.Duration, beforeShutdown func(), servers ...*Server) error {
+// shuts all of them down as sd says.
+func Run(ctx context.Context, logger zerolog.Logger, sd Shutdown, servers ...*Server) error {
 	errs := make(chan error, len(servers))
 	for _, s := range servers {
 		logger.Info().Str("server", s.name).Str("address", s.Addr().String()).Bool("tls", s.tls).Msg("listening")
@@ -135,13 +147,26 @@ func Run(ctx context.Context, logger zerolog.Logger, shutdownTimeout time.Durati
 	var failed error
 	select {
 	case <-ctx.Done():
-		logger.Info().Dur("timeout", shutdownTimeout).Msg("shutting down: no new connections, finishing in-flight requests")
+		logger.Info().Dur("delay", sd.Delay).Dur("timeout", sd.Timeout).
+			Msg("shutting down: readiness fails now, listeners close after the delay, in-flight requests finish")
 	case failed = <-errs:
 		logger.Error().Err(failed).Msg("a server failed; shutting down the others")
 	}
-	if beforeShutdown != nil {
-		beforeShutdown()
+	if sd.Before != nil {
+		sd.Before()
 	}
+	if failed == nil && sd.Delay > 0 {
+		for _, s := range servers {
+			s.srv.SetKeepAlivesEnabled(false)
+		}
+		t := time.NewTimer(sd.Delay)
+		select {
+		case <-t.C:
+		case failed = <-errs:
+			t.Stop()
+		}
+	}
+	shutdownTimeout := sd.Timeout
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
 	var wg sync.WaitGroup

@@ -52,7 +52,9 @@ func TestRunShutsDownOnContext(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	stopped := make(chan struct{})
-	go func() { done <- Run(ctx, zerolog.Nop(), time.Second, func() { close(stopped) }, s) }()
+	go func() {
+		done <- Run(ctx, zerolog.Nop(), Shutdown{Timeout: time.Second, Before: func() { close(stopped) }}, s)
+	}()
 	resp, err := http.Get("http://" + s.Addr().String())
 	if err != nil {
 		t.Fatal(err)

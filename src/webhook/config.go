@@ -33,6 +33,7 @@ type Config struct {
 	LeaseTTL          time.Duration
 	NoQuorumPolicy    admission.NoQuorumPolicy
 	Sidecar           admission.Sidecar
+	ShutdownDelay     time.Duration
 	ShutdownTimeout   time.Duration
 	LogLevel          string
 	LogFormat         string
@@ -85,6 +86,7 @@ func ParseConfig(args []string, getenv func(string) string, usage io.Writer) (*C
 		memLim       = str("sidecar-memory-limit", "32Mi", "memory limit of the sidecar (empty: none)")
 		native       = boolean("native-sidecar", "inject into initContainers with restartPolicy Always")
 		finalWait    = str("final-scrape-wait", "40s", "how long a terminating sidecar waits for one more scrape")
+		delay        = str("shutdown-delay", "5s", "after SIGTERM, keep serving this long with readiness failing before closing the listeners")
 		shutdown     = str("shutdown-timeout", "20s", "bound on finishing in-flight requests after SIGTERM")
 		logLevel     = str("log-level", "info", "debug, info, warn or error")
 		logFormat    = str("log-format", "json", "json or console")
@@ -213,6 +215,9 @@ func ParseConfig(args []string, getenv func(string) string, usage io.Writer) (*C
 			return nil, bad(q.name, q.in, "must be a positive Kubernetes quantity such as 10m, 16Mi or 0.5, or empty for none")
 		}
 		*q.out = v.String()
+	}
+	if c.ShutdownDelay, err = duration(*delay, 0, time.Minute); err != nil {
+		return nil, bad("shutdown-delay", *delay, err.Error())
 	}
 	if c.ShutdownTimeout, err = duration(*shutdown, 0, time.Hour); err != nil {
 		return nil, bad("shutdown-timeout", *shutdown, err.Error())

@@ -24,7 +24,7 @@ func TestDefaults(t *testing.T) {
 	want := Config{
 		ListenAddress: ":9443", MetricsAddress: ":8080", ProbeAddress: ":8081", CertDir: "/tls",
 		RedisAddresses: []string{"r0:6379", "r1:6379", "r2:6379"}, RedisTimeout: 50 * time.Millisecond,
-		LeaseTTL: 30 * time.Second, NoQuorumPolicy: admission.NoQuorumDeny, ShutdownTimeout: 20 * time.Second,
+		LeaseTTL: 30 * time.Second, NoQuorumPolicy: admission.NoQuorumDeny, ShutdownTimeout: 20 * time.Second, ShutdownDelay: 5 * time.Second,
 		LogLevel: "info", LogFormat: "json",
 		Sidecar: admission.Sidecar{Image: "img:1", PullPolicy: "IfNotPresent", Port: 65532, CPURequest: "10m",
 			MemoryRequest: "16Mi", MemoryLimit: "32Mi", FinalScrapeWait: 40 * time.Second, LeaseURL: "https://pmph.ns.svc:443"},
@@ -38,7 +38,7 @@ func equalConfig(a, b *Config) bool {
 	return strings.Join(a.RedisAddresses, ",") == strings.Join(b.RedisAddresses, ",") &&
 		a.ListenAddress == b.ListenAddress && a.MetricsAddress == b.MetricsAddress && a.ProbeAddress == b.ProbeAddress &&
 		a.CertDir == b.CertDir && a.EnableHTTP2 == b.EnableHTTP2 && a.RedisTimeout == b.RedisTimeout && a.LeaseTTL == b.LeaseTTL &&
-		a.NoQuorumPolicy == b.NoQuorumPolicy && a.Sidecar == b.Sidecar && a.ShutdownTimeout == b.ShutdownTimeout &&
+		a.NoQuorumPolicy == b.NoQuorumPolicy && a.Sidecar == b.Sidecar && a.ShutdownTimeout == b.ShutdownTimeout && a.ShutdownDelay == b.ShutdownDelay &&
 		a.LogLevel == b.LogLevel && a.LogFormat == b.LogFormat && a.RedisPassword == b.RedisPassword
 }
 
@@ -75,6 +75,7 @@ func TestConfigErrors(t *testing.T) {
 		{append(required, "--redis-timeout=0s"), nil, `invalid --redis-timeout "0s": must be a Go duration from 1ms to 10s`},
 		{append(required, "--lease-ttl=100ms"), nil, `invalid --lease-ttl "100ms": must be a Go duration from 1s to 24h`},
 		{append(required, "--shutdown-timeout=-1s"), nil, `invalid --shutdown-timeout "-1s"`},
+		{append(required, "--shutdown-delay=2m"), nil, `invalid --shutdown-delay "2m": must be a Go duration from 0s to 1m`},
 		{append(required, "--log-format=xml"), nil, `invalid --log-format "xml": must be json or console`},
 		{required, map[string]string{"PMPH_ENABLE_HTTP2": "sure"}, `invalid PMPH_ENABLE_HTTP2 "sure": must be true or false`},
 		{[]string{"--redis-addresses=a:1,a:1,b:2", "--lease-url=https://x", "--sidecar-image=i"}, nil, `"a:1" is listed twice`},

@@ -125,7 +125,8 @@ func Run(ctx context.Context, c *Config, logger zerolog.Logger) error {
 	if err != nil {
 		return fail(err)
 	}
-	err = server.Run(ctx, logger, c.ShutdownTimeout, probes.Stopping, tlsSrv, metricsSrv, probeSrv)
+	err = server.Run(ctx, logger, server.Shutdown{Delay: c.ShutdownDelay, Timeout: c.ShutdownTimeout, Before: probes.Stopping},
+		tlsSrv, metricsSrv, probeSrv)
 	if err != nil {
 		logger.Error().Err(err).Msg("the webhook stopped after a failure")
 		return err

@@ -304,6 +304,8 @@ func (w *Webhook) args() ([]string, error) {
 		"--redis-addresses=" + strings.Join(w.opts.Redis, ","),
 		"--sidecar-image=" + w.opts.SidecarImage,
 		"--shutdown-timeout=10s",
+		// Tests stop at once; Options.Args can set a delay back.
+		"--shutdown-delay=0s",
 	}
 	switch {
 	case w.opts.RedisPasswordFile != "":

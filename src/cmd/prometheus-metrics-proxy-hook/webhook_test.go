@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -418,5 +419,43 @@ func TestFlagErrors(t *testing.T) {
 	code, out := webhooktest.Run(t, 30*time.Second, nil, "--help")
 	if code != 0 || !strings.Contains(out, "--redis-addresses (PMPH_REDIS_ADDRESSES") {
 		t.Fatalf("--help: exit %d\n%s", code, out)
+	}
+}
+
+// TestShutdownDelay: after SIGTERM the webhook fails readiness but keeps
+// answering reviews for the delay, so that reviews the API server sends
+// before the endpoints change still succeed; then it exits 0.
+func TestShutdownDelay(t *testing.T) {
+	redis := redistest.StartT(t, 1)
+	wh := webhooktest.Start(t, webhooktest.Options{Redis: redis.Addrs(), RedisPassword: redis.Password,
+		Args: []string{"--shutdown-delay=3s"}})
+	if err := wh.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		resp, err := http.Get(wh.ReadyzURL())
+		if err != nil {
+			t.Fatalf("readyz during the delay: %v", err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusServiceUnavailable {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("readiness did not fail after SIGTERM")
+		}
+	}
+	c := wh.Client()
+	resp, err := c.Post(wh.MutateURL(), "application/json", bytes.NewReader(review("late", annotated)))
+	if err != nil {
+		t.Fatalf("a review during the delay failed: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !resp.Close {
+		t.Fatalf("during the delay: status %d, Connection: close %v", resp.StatusCode, resp.Close)
+	}
+	if code, err := wh.Wait(30 * time.Second); err != nil || code != 0 {
+		t.Fatalf("exit %d, %v", code, err)
 	}
 }
