@@ -249,6 +249,9 @@ func TestProxyFailuresBeforeAndDuringTermination(t *testing.T) {
 			if good.status != http.StatusOK {
 				t.Fatalf("first scrape answered %d", good.status)
 			}
+			// The body is kept once the answer is flushed, which the
+			// client can see a moment before.
+			waitFor(t, func() bool { return p.ScrapesServed() == 1 }, "the first scrape was not counted")
 			a.counter.Inc()
 			tt.fail(a)
 			if tt.final {
@@ -403,6 +406,7 @@ func TestProxyRefresh(t *testing.T) {
 	gzipped := map[string]string{"Accept": "text/plain", "Accept-Encoding": "gzip"}
 	get(t, proxy.URL+"/metrics", text)
 	get(t, proxy.URL+"/metrics", gzipped)
+	waitFor(t, func() bool { return p.ScrapesServed() == 2 }, "the two scrapes were not counted")
 	a.counter.Add(1000)
 	before := a.requests.Load()
 	n, err := p.Refresh(context.Background())
