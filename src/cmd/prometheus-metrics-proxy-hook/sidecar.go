@@ -67,9 +67,15 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) int {
 	go func() {
 		select {
 		case sig := <-signals:
-			terminate(fmt.Errorf("received %s", sig))
+			terminate(fmt.Errorf("received %s", signalName(sig)))
 		case <-ctx.Done():
-			terminate(context.Cause(ctx))
+			// main's handler saw the same signal; ours has it too.
+			select {
+			case sig := <-signals:
+				terminate(fmt.Errorf("received %s", signalName(sig)))
+			default:
+				terminate(context.Cause(ctx))
+			}
 		case <-termCtx.Done():
 		}
 	}()
@@ -78,6 +84,16 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+func signalName(sig os.Signal) string {
+	switch sig {
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	case syscall.SIGINT:
+		return "SIGINT"
+	}
+	return sig.String()
 }
 
 func newLogger(w io.Writer, format string, level zerolog.Level) zerolog.Logger {
