@@ -1,0 +1,161 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+const (
+	// downGrace is how long the daemon gets to stop everything after
+	// SIGTERM: the webhook drains for up to 10 s, each control plane
+	// process gets 10 s before SIGKILL.
+	downGrace = 90 * time.Second
+	// killWait bounds the wait after SIGKILL.
+	killWait = 15 * time.Second
+)
+
+// ours are the executables the demo runs; the straggler sweep only ever
+// touches these.
+var ours = map[string]bool{
+	"etcd": true, "kube-apiserver": true, "kube-controller-manager": true,
+	"redis-server": true, "prometheus-metrics-proxy-hook": true,
+}
+
+// down stops the daemon (which stops everything it started) and makes sure
+// that no process of the demo is left.
+func down(cfg config) int {
+	running, err := cfg.dir.running()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
+		return 1
+	}
+	if !running {
+		n := sweep(cfg)
+		if err := cleanLeftovers(cfg); err != nil {
+			fmt.Fprintf(os.Stderr, "demo: %v\n", err)
+		}
+		_ = os.Remove(cfg.dir.stateFile())
+		_ = os.Remove(cfg.dir.pidFile())
+		if n > 0 {
+			fmt.Printf("No demo daemon was running; stopped %d process(es) it had left behind.\n", n)
+		} else {
+			fmt.Println("No demo is running.")
+		}
+		return 0
+	}
+	pid, err := cfg.dir.readPid()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "demo: a daemon holds %s but its pid is unknown (%v); stop it by hand.\n", cfg.dir.lockFile(), err)
+		return 1
+	}
+	fmt.Printf("Stopping the demo (daemon pid %d): the webhook, 3 Redis nodes, kube-controller-manager, kube-apiserver and etcd...\n", pid)
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
+		fmt.Fprintf(os.Stderr, "demo: cannot signal the daemon: %v\n", err)
+		return 1
+	}
+	if !waitUnlocked(cfg, downGrace) {
+		fmt.Printf("The daemon did not stop within %s; killing it (its processes die with it).\n", downGrace)
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		if !waitUnlocked(cfg, killWait) {
+			fmt.Fprintf(os.Stderr, "demo: the daemon (pid %d) survived SIGKILL for %s.\n", pid, killWait)
+			return 1
+		}
+	}
+	if n := sweep(cfg); n > 0 {
+		fmt.Printf("Stopped %d process(es) left behind.\n", n)
+	}
+	if err := cleanLeftovers(cfg); err != nil {
+		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
+	}
+	_ = os.Remove(cfg.dir.stateFile())
+	_ = os.Remove(cfg.dir.pidFile())
+	fmt.Printf("The demo is stopped; its last log is %s.\n", rel(cfg.dir.logFile()))
+	return 0
+}
+
+// waitUnlocked waits until the daemon's lock is free: the daemon holds it
+// until its very last moment.
+func waitUnlocked(cfg config, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if running, err := cfg.dir.running(); err == nil && !running {
+			return true
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return false
+}
+
+// sweep kills, by pid, any process of the demo still alive: one of ours
+// whose working directory or command line lies in the state directory. The
+// kernel kills them when the daemon dies, so this is a second line of
+// defence (a process that ignored its parent-death signal), and it reports
+// what it found.
+func sweep(cfg config) int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0
+	}
+	dir := string(cfg.dir) + string(os.PathSeparator)
+	n := 0
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		exe, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe"))
+		if err != nil || !ours[filepath.Base(strings.TrimSuffix(exe, " (deleted)"))] {
+			continue
+		}
+		cwd, _ := os.Readlink(filepath.Join("/proc", e.Name(), "cwd"))
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if !strings.HasPrefix(cwd+string(os.PathSeparator), dir) && !strings.Contains(string(cmdline), dir) {
+			continue
+		}
+		fmt.Printf("  killing %s (pid %d), left behind\n", filepath.Base(exe), pid)
+		if err := syscall.Kill(pid, syscall.SIGKILL); err == nil {
+			n++
+		}
+	}
+	return n
+}
+
+// cleanLeftovers removes what a daemon that was killed (SIGKILL, a crash)
+// could not: the control plane's working directory, and etcd's data
+// directory on tmpfs, whose path only etcd's command line knows, which
+// kubetest writes as the first line of etcd's log.
+func cleanLeftovers(cfg config) error {
+	logs, err := filepath.Glob(cfg.dir.path("tmp", "kubetest-*", "etcd", "etcd.log"))
+	if err != nil {
+		return err
+	}
+	for _, l := range logs {
+		data, err := os.ReadFile(l)
+		if err != nil {
+			continue
+		}
+		first, _, _ := strings.Cut(string(data), "\n")
+		for _, arg := range strings.Fields(first) {
+			dataDir, ok := strings.CutPrefix(arg, "--data-dir=")
+			if !ok {
+				continue
+			}
+			parent := filepath.Dir(dataDir)
+			if strings.HasPrefix(parent, "/dev/shm/kubetest-etcd-") {
+				if err := os.RemoveAll(parent); err != nil {
+					return fmt.Errorf("cannot remove etcd's data directory %s: %w", parent, err)
+				}
+			}
+		}
+	}
+	if err := os.RemoveAll(cfg.dir.path("tmp")); err != nil {
+		return fmt.Errorf("cannot remove the control plane's working directory: %w", err)
+	}
+	return nil
+}
