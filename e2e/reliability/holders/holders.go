@@ -177,11 +177,34 @@ func NewTenure(semaphore string, slot int, holder string) *Tenure {
 // Held records an answer that proved the lease held: seen at seen (when the
 // answer arrived), valid until validUntil (the request's send time plus the
 // TTL, less the drift allowance). Answers seen after a release are ignored.
+// For a renewal, Renewing must have been called when it was sent.
 func (t *Tenure) Held(seen, validUntil time.Time) {
 	if t.released || !seen.Before(validUntil) {
 		return
 	}
 	t.windows = append(t.windows, Interval{Semaphore: t.semaphore, Slot: t.slot, Holder: t.holder, From: seen, To: validUntil})
+}
+
+// Renewing records a request that may set the lease's TTL anew, sent at
+// sent with the given validity (sent plus the new TTL, less the drift
+// allowance). It must be called before the request goes out, whatever
+// its answer: a renewal may be applied even when its answer is lost, and
+// a renewal can shorten a lease (the startup lease is longer than a running
+// pod's), so from then on no earlier answer proves the lease beyond
+// validUntil.
+func (t *Tenure) Renewing(sent, validUntil time.Time) {
+	for i := range t.windows {
+		if t.windows[i].To.After(validUntil) {
+			t.windows[i].To = later(validUntil, t.windows[i].From)
+		}
+	}
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // Release records that the client started to give the slot back at at:

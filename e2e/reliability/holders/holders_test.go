@@ -71,18 +71,30 @@ func TestTenure(t *testing.T) {
 		}, [][2]int{{10, 500}}, 500},
 		{"renewals merge into one window", func(tn *holders.Tenure) {
 			tn.Held(at(10), at(3000))
+			tn.Renewing(at(600), at(2600))
 			tn.Held(at(700), at(2600))
+			tn.Renewing(at(1300), at(3300))
 			tn.Held(at(1400), at(3300))
 			tn.Release(at(2000))
 		}, [][2]int{{10, 2000}}, 2000},
-		{"vanished: holds until the last validity", func(tn *holders.Tenure) {
+		{"a renewal shortens the startup lease", func(tn *holders.Tenure) {
 			tn.Held(at(10), at(3000))
-			tn.Held(at(700), at(2600))
-		}, [][2]int{{10, 3000}}, 3000},
+			tn.Renewing(at(600), at(1600))
+			tn.Held(at(700), at(1600))
+		}, [][2]int{{10, 1600}}, 1600},
+		{"a renewal without an answer shortens it too", func(tn *holders.Tenure) {
+			tn.Held(at(10), at(3000))
+			tn.Renewing(at(600), at(1600))
+		}, [][2]int{{10, 1600}}, 1600},
 		{"a gap after validity ran out", func(tn *holders.Tenure) {
 			tn.Held(at(10), at(1000))
+			tn.Renewing(at(1400), at(2500))
 			tn.Held(at(1500), at(2500))
 		}, [][2]int{{10, 1000}, {1500, 2500}}, 2500},
+		{"a renewal sent after the validity leaves the old window alone", func(tn *holders.Tenure) {
+			tn.Held(at(10), at(1000))
+			tn.Renewing(at(1400), at(2400))
+		}, [][2]int{{10, 1000}}, 1000},
 		{"answers after the release do not count", func(tn *holders.Tenure) {
 			tn.Held(at(10), at(1000))
 			tn.Release(at(400))
