@@ -35,7 +35,11 @@ func (c *Client) AcquireAs(ctx context.Context, name string, size int, ttl time.
 		err   error
 	)
 	for attempt := 1; ; attempt++ {
-		lease, err = c.acquireOnce(ctx, name, size, ttl, holder, start)
+		if attempt == 1 {
+			lease, err = c.acquireOnce(ctx, name, size, ttl, holder, start)
+		} else {
+			lease, err = c.acquireArbitrated(ctx, name, size, ttl, holder, start)
+		}
 		if err != errSplit {
 			break
 		}
@@ -68,6 +72,105 @@ func (c *Client) AcquireAs(ctx context.Context, name string, size int, ttl time.
 		return Lease{}, err
 	}
 	return lease, nil
+}
+
+// acquireArbitrated is the retry after racing acquirers split a round: one
+// node, the arbiter, picks the slot, and the others are asked to claim that
+// very slot. Racing acquirers are serialised by the arbiter, which gives each
+// a different slot, so they stop splitting slots between them. It costs two
+// round trips instead of one, only under contention. The arbiter is the
+// first node that answers, in configuration order, so that every retrying
+// acquirer, whatever its attempt, is serialised by the same node.
+func (c *Client) acquireArbitrated(ctx context.Context, name string, size int, ttl time.Duration, holder string, start int) (Lease, error) {
+	base := c.base(name)
+	ttlMS := ttl.Milliseconds()
+	m := len(c.nodes)
+	began := time.Now()
+	var failures []NodeError
+	arbiter, slot := -1, -1
+	for idx := range m {
+		v, err := c.nodes[idx].eval(c.scripts.acquire, base, holder, ttlMS, size, start)
+		c.metrics.observeNode(c.nodes[idx].addr, err)
+		claimed, err := parseAcquire(v, err, size)
+		if err != nil {
+			failures = append(failures, NodeError{Node: c.nodes[idx].addr, Err: err})
+			if len(failures) > m-c.quorum {
+				return Lease{}, &NoQuorumError{Op: "acquire", Quorum: c.quorum, Nodes: m, Failures: failures}
+			}
+			continue
+		}
+		if !claimed.ok {
+			// The arbiter has no free slot. Whether they are owned or only
+			// claimed by racing acquirers, the other nodes' fingerprints
+			// tell; reading them claims nothing that could get in the way
+			// of the acquirers the arbiter did serve.
+			fps, more, err := c.nodeFingerprints(ctx, name, size, idx)
+			if err != nil {
+				return Lease{}, err
+			}
+			failures = append(failures, more...)
+			if len(failures) > m-c.quorum {
+				return Lease{}, &NoQuorumError{Op: "acquire", Quorum: c.quorum, Nodes: m, Failures: failures}
+			}
+			if heldOnQuorum(append(fps, claimed.fingerprints), size, c.quorum) {
+				return Lease{}, &FullError{Name: name, Size: size, Held: size}
+			}
+			return Lease{}, errSplit
+		}
+		arbiter, slot = idx, claimed.slot
+		break
+	}
+	if ctx.Err() != nil {
+		c.undoClaim(arbiter, base, holder, slot)
+		return Lease{}, fmt.Errorf("acquiring a slot of semaphore %q: %w", name, ctx.Err())
+	}
+	replies := c.fanoutExcept(arbiter, func(n *node) (any, error) {
+		return n.eval(c.scripts.claim, base, holder, slot, ttlMS)
+	})
+	claimedOn := []int{arbiter}
+	undoAll := func() {
+		for _, i := range claimedOn {
+			c.undoClaim(i, base, holder, slot)
+		}
+	}
+	undoLate := func(r reply) {
+		if v, ok := r.val.(int64); r.err == nil && ok && v == 1 {
+			c.undoClaim(r.node, base, holder, slot)
+		}
+	}
+	for answered := 0; answered < m-1; answered++ {
+		select {
+		case <-ctx.Done():
+			undoAll()
+			c.drain(replies, m-1-answered, undoLate)
+			return Lease{}, fmt.Errorf("acquiring a slot of semaphore %q: %w", name, ctx.Err())
+		case r := <-replies:
+			v, ok := r.val.(int64)
+			if r.err == nil && !ok {
+				r.err = &protocolError{what: "claim", reply: r.val}
+			}
+			if r.err == nil && v == 1 {
+				claimedOn = append(claimedOn, r.node)
+			}
+		}
+		remaining := m - 1 - answered - 1
+		switch {
+		case len(claimedOn) >= c.quorum:
+			if ttl-time.Since(began)-drift(ttl) <= 0 {
+				undoAll()
+				c.drain(replies, remaining, undoLate)
+				return Lease{}, errSplit
+			}
+			c.drain(replies, remaining, nil)
+			return Lease{Name: name, Slot: slot, Holder: holder, Deadline: began.Add(ttl - drift(ttl))}, nil
+		case len(claimedOn)+remaining < c.quorum:
+			undoAll()
+			c.drain(replies, remaining, undoLate)
+			return Lease{}, errSplit
+		}
+	}
+	undoAll()
+	return Lease{}, errSplit
 }
 
 // errSplit is acquireOnce's internal answer for "enough nodes answered, but
@@ -214,45 +317,65 @@ func heldOnQuorum(fingerprints []string, size, quorum int) bool {
 	return true
 }
 
-// quorumFree answers the slots that are free on at least a quorum of nodes.
-func (c *Client) quorumFree(ctx context.Context, name string, size int) ([]int, error) {
+// nodeFingerprints reads the holder fingerprints of every slot on the given
+// nodes, without changing anything.
+func (c *Client) nodeFingerprints(ctx context.Context, name string, size int, skip int) ([]string, []NodeError, error) {
 	base := c.base(name)
-	replies := c.fanout(func(n *node) (any, error) { return n.eval(c.scripts.occupied, base, size) })
-	freeOn := make([]int, size)
-	var failures []NodeError
-	for received := 0; received < len(c.nodes); received++ {
+	replies := c.fanoutExcept(skip, func(n *node) (any, error) { return n.eval(c.scripts.fingerprints, base, size) })
+	asked := len(c.nodes)
+	if skip >= 0 {
+		asked--
+	}
+	var (
+		fps      []string
+		failures []NodeError
+	)
+	for received := 0; received < asked; received++ {
 		select {
 		case <-ctx.Done():
-			c.drain(replies, len(c.nodes)-received, nil)
-			return nil, fmt.Errorf("acquiring a slot of semaphore %q: %w", name, ctx.Err())
+			c.drain(replies, asked-received, nil)
+			return nil, nil, fmt.Errorf("acquiring a slot of semaphore %q: %w", name, ctx.Err())
 		case r := <-replies:
-			occ, ok := r.val.([]byte)
-			if r.err == nil && (!ok || len(occ) != size) {
-				r.err = &protocolError{what: "occupied", reply: r.val}
+			fp, ok := r.val.([]byte)
+			if r.err == nil && (!ok || len(fp) != size*fpLen) {
+				r.err = &protocolError{what: "fingerprints", reply: r.val}
 			}
 			if r.err != nil {
 				failures = append(failures, NodeError{Node: c.nodes[r.node].addr, Err: r.err})
-				if len(failures) > len(c.nodes)-c.quorum {
-					c.drain(replies, len(c.nodes)-received-1, nil)
-					return nil, &NoQuorumError{Op: "acquire", Quorum: c.quorum, Nodes: len(c.nodes), Failures: failures}
-				}
 				continue
 			}
-			for i, b := range occ {
-				if b == '0' {
-					freeOn[i]++
-				}
-			}
+			fps = append(fps, string(fp))
 		}
 	}
+	return fps, failures, nil
+}
+
+// quorumFree answers the slots that are free on at least a quorum of nodes.
+func (c *Client) quorumFree(ctx context.Context, name string, size int) ([]int, error) {
+	fps, failures, err := c.nodeFingerprints(ctx, name, size, -1)
+	if err != nil {
+		return nil, err
+	}
+	if len(failures) > len(c.nodes)-c.quorum {
+		return nil, &NoQuorumError{Op: "acquire", Quorum: c.quorum, Nodes: len(c.nodes), Failures: failures}
+	}
 	var free []int
-	for slot, n := range freeOn {
+	for slot := range size {
+		n := 0
+		for _, fp := range fps {
+			if fp[slot*fpLen:(slot+1)*fpLen] == freeFingerprint {
+				n++
+			}
+		}
 		if n >= c.quorum {
 			free = append(free, slot)
 		}
 	}
 	return free, nil
 }
+
+// freeFingerprint stands for a free slot in fingerprint answers.
+const freeFingerprint = "------"
 
 // undoClaim deletes a claim of this attempt on one node (compare-and-delete);
 // a failure leaves the claim to expire with its TTL.

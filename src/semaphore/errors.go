@@ -44,6 +44,10 @@ type NodeError struct {
 func (e NodeError) Error() string { return e.Node + ": " + e.Err.Error() }
 func (e NodeError) Unwrap() error { return e.Err }
 
+// Is lets errors.Is(nodeErr, ErrAuth) tell a rejected password from an
+// outage.
+func (e NodeError) Is(target error) bool { return target == ErrAuth && e.Reason() == reasonAuth }
+
 // Reason is a short, stable classification for metrics labels and logs.
 func (e NodeError) Reason() string { return classify(e.Err) }
 

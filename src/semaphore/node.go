@@ -28,17 +28,18 @@ func newScript(name, src string) *script {
 }
 
 type scripts struct {
-	acquire, occupied, renew, repair, release, inspect *script
+	acquire, claim, fingerprints, renew, repair, release, inspect *script
 }
 
 func newScripts() scripts {
 	return scripts{
-		acquire:  newScript("acquire", acquireScript),
-		occupied: newScript("occupied", occupiedScript),
-		renew:    newScript("renew", renewScript),
-		repair:   newScript("repair", repairScript),
-		release:  newScript("release", releaseScript),
-		inspect:  newScript("inspect", inspectScript),
+		acquire:      newScript("acquire", acquireScript),
+		claim:        newScript("claim", claimScript),
+		fingerprints: newScript("fingerprints", fingerprintsScript),
+		renew:        newScript("renew", renewScript),
+		repair:       newScript("repair", repairScript),
+		release:      newScript("release", releaseScript),
+		inspect:      newScript("inspect", inspectScript),
 	}
 }
 

@@ -123,14 +123,32 @@ end
 return out
 `
 
-// occupiedScript answers a string of ARGV[1] characters, '1' where the slot
-// is held and '0' where it is free. Acquire asks for it only when the nodes
-// disagreed on the slot to claim.
-const occupiedScript = `
+// fingerprintsScript answers the fingerprint of every slot's holder, as the
+// acquire script does when full, with "------" for a free slot. It changes
+// nothing: Acquire asks for it when it must tell a full semaphore from a
+// contended one without claiming anything.
+const fingerprintsScript = `
 local base = KEYS[1]
-local out = {}
+local fps = {}
 for s = 0, tonumber(ARGV[1]) - 1 do
-  out[s + 1] = redis.call('EXISTS', base .. ':' .. s) == 1 and '1' or '0'
+  local v = redis.call('GET', base .. ':' .. s)
+  fps[s + 1] = string.sub((v or '') .. '------', 1, 6)
 end
-return table.concat(out)
+return table.concat(fps)
+`
+
+// claimScript claims exactly slot ARGV[2] for ARGV[1] with TTL ARGV[3] ms,
+// when it is free or already this holder's. Answers 1 claimed, 0 held by
+// another holder. Acquire uses it to follow the slot an arbiter node chose.
+const claimScript = `
+local base = KEYS[1]
+local holder = ARGV[1]
+local skey = base .. ':' .. ARGV[2]
+local v = redis.call('GET', skey)
+if v and v ~= holder then
+  return 0
+end
+redis.call('SET', skey, holder, 'PX', ARGV[3])
+redis.call('SET', base .. ':h:' .. holder, ARGV[2], 'PX', ARGV[3])
+return 1
 `

@@ -211,9 +211,15 @@ type reply struct {
 
 // fanout runs op on every node in parallel. The channel is buffered so that
 // no goroutine blocks once the caller stops reading.
-func (c *Client) fanout(op func(*node) (any, error)) chan reply {
+func (c *Client) fanout(op func(*node) (any, error)) chan reply { return c.fanoutExcept(-1, op) }
+
+// fanoutExcept is fanout to every node but the one at index skip.
+func (c *Client) fanoutExcept(skip int, op func(*node) (any, error)) chan reply {
 	ch := make(chan reply, len(c.nodes))
 	for i, n := range c.nodes {
+		if i == skip {
+			continue
+		}
 		go func() {
 			v, err := op(n)
 			c.metrics.observeNode(n.addr, err)
