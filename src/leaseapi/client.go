@@ -115,7 +115,7 @@ func (c *Client) Release(ctx context.Context, l Lease) (bool, error) {
 // sidecar whose lease expired before it started.
 func (c *Client) Acquire(ctx context.Context, l Lease, size int) (Lease, time.Duration, error) {
 	var resp LeaseResponse
-	if err := c.post(ctx, AcquirePath, acquireRequest{Lease: l, Size: size}, &resp); err != nil {
+	if err := c.post(ctx, AcquirePath, AcquireRequest{Lease: l, Size: size}, &resp); err != nil {
 		return Lease{}, 0, err
 	}
 	return resp.Lease, seconds(resp.TTLSeconds), nil

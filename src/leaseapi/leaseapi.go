@@ -1,17 +1,21 @@
-// Package leaseapi is the HTTP API through which sidecars keep and give back
-// their pod's semaphore slot: POST /v1/leases/renew, /release and /acquire on
-// the webhook's TLS port. Only the webhook talks to Redis; the holder id a
-// sidecar presents is its capability, since every operation compares it with
-// the slot's value on the nodes.
+// Package leaseapi is the wire contract of the HTTP API through which
+// sidecars keep and give back their pod's semaphore slot (POST
+// /v1/leases/renew, /release and /acquire on the webhook's TLS port), and the
+// client sidecars call it with. The server side is package leaseserver; this
+// package links no Redis client, so the sidecar stays small. The holder id a
+// sidecar presents is its capability: every operation compares it with the
+// slot's value on the Redis nodes.
 package leaseapi
 
 import (
 	"errors"
 	"fmt"
 	"regexp"
-
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/semaphore"
 )
+
+// MaxSize is the largest semaphore size, and so slots are 0..MaxSize-1; it
+// equals semaphore.MaxSize (a test in leaseserver keeps them equal).
+const MaxSize = 1024
 
 // Paths served by Handler.
 const (
@@ -35,9 +39,9 @@ func SemaphoreName(namespace, key string) string { return namespace + "/" + key 
 // Name is the lease's semaphore name.
 func (l Lease) Name() string { return SemaphoreName(l.Namespace, l.Key) }
 
-// acquireRequest asks for a slot again, with the caller's holder id; Slot is
+// AcquireRequest asks for a slot again, with the caller's holder id; Slot is
 // ignored.
-type acquireRequest struct {
+type AcquireRequest struct {
 	Lease
 	Size int `json:"size"`
 }
@@ -93,10 +97,10 @@ func (l Lease) Validate() error {
 	if err := ValidateKey(l.Key); err != nil {
 		return fmt.Errorf("the key %q %w", l.Key, err)
 	}
-	if l.Slot < 0 || l.Slot >= semaphore.MaxSize {
-		return fmt.Errorf("the slot %d must be from 0 to %d", l.Slot, semaphore.MaxSize-1)
+	if l.Slot < 0 || l.Slot >= MaxSize {
+		return fmt.Errorf("the slot %d must be from 0 to %d", l.Slot, MaxSize-1)
 	}
-	if !semaphore.ValidHolderID(l.Holder) {
+	if !ValidHolder(l.Holder) {
 		return fmt.Errorf("the holder %q must be 32 lowercase hex digits", truncate(l.Holder, 40))
 	}
 	return nil
@@ -107,4 +111,50 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + "..."
+}
+
+// ValidHolder reports whether s has the shape of a holder id: 32 lowercase
+// hex digits.
+func ValidHolder(s string) bool {
+	if len(s) != 32 {
+		return false
+	}
+	for i := range len(s) {
+		if ch := s[i]; (ch < '0' || ch > '9') && (ch < 'a' || ch > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// Validate checks an acquire request's lease and size.
+func (r AcquireRequest) Validate() error {
+	if err := r.Lease.Validate(); err != nil {
+		return err
+	}
+	if r.Size < 1 || r.Size > MaxSize {
+		return fmt.Errorf("the size %d must be from 1 to %d", r.Size, MaxSize)
+	}
+	return nil
+}
+
+// sentence makes an error a message for users: capitalised, ending with a
+// period.
+func sentence(err error) string {
+	s := err.Error()
+	if s == "" {
+		return s
+	}
+	if s[0] >= 'a' && s[0] <= 'z' {
+		s = string(s[0]-'a'+'A') + s[1:]
+	}
+	if last := s[len(s)-1]; last != '.' && last != '?' && last != '!' {
+		s += "."
+	}
+	return s
+}
+
+// Failure is the ErrorResponse for err, with its message made a sentence.
+func Failure(reason string, err error) ErrorResponse {
+	return ErrorResponse{Error: sentence(err), Reason: reason}
 }

@@ -4,7 +4,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strings"
 	"testing"
 )
@@ -15,11 +14,6 @@ import (
 func TestNoRedisOrKubernetesClient(t *testing.T) {
 	const module = "github.com/kaidotio/prometheus-metrics-proxy-hook/src/"
 	deps := goListDeps(t, module+"sidecar", module+"sidecar/metricsproxy", module+"sidecar/leasekeeper")
-	if slices.Contains(goListDeps(t, module+"leaseapi"), module+"semaphore") {
-		// The lease API's wire types, client and server handler share one
-		// package today, and the handler needs the semaphore.
-		t.Skip("src/leaseapi imports src/semaphore (and so redigo) for its server handler; the sidecar uses only its client. Splitting the handler into its own package makes this test run.")
-	}
 	for _, d := range deps {
 		if strings.HasPrefix(d, "github.com/gomodule/redigo") || strings.HasPrefix(d, "k8s.io/") || strings.HasPrefix(d, "sigs.k8s.io/") {
 			t.Errorf("the sidecar depends on %s", d)

@@ -21,7 +21,7 @@ import (
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/admission"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/buildinfo"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/certwatch"
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseapi"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseserver"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/semaphore"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/server"
 )
@@ -103,9 +103,9 @@ func Run(ctx context.Context, c *Config, logger zerolog.Logger) error {
 	if err != nil {
 		return fail(err)
 	}
-	leaseMetrics := leaseapi.NewMetrics()
+	leaseMetrics := leaseserver.NewMetrics()
 	reg.MustRegister(leaseMetrics)
-	leases := leaseapi.NewHandler(leaseapi.Config{
+	leases := leaseserver.NewHandler(leaseserver.Config{
 		Semaphore: sem, TTL: c.LeaseTTL, Logger: logger.With().Str("component", "leaseapi").Logger(), Metrics: leaseMetrics,
 	})
 

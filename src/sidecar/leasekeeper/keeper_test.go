@@ -16,12 +16,13 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseapi"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseserver"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/redistest"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/semaphore"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/sidecar/leasekeeper"
 )
 
-// env is the real lease API (leaseapi.NewHandler over HTTPS) on three real
+// env is the real lease API (leaseserver.NewHandler over HTTPS) on three real
 // Redis nodes, with a client trusting its certificate.
 type env struct {
 	cluster *redistest.Cluster
@@ -57,7 +58,7 @@ func (e *env) start(t *testing.T, addr string) {
 	if err != nil {
 		t.Fatalf("listening on %s: %v", addr, err)
 	}
-	srv := httptest.NewUnstartedServer(leaseapi.NewHandler(leaseapi.Config{Semaphore: e.sem, TTL: e.ttl, Logger: zerolog.Nop()}))
+	srv := httptest.NewUnstartedServer(leaseserver.NewHandler(leaseserver.Config{Semaphore: e.sem, TTL: e.ttl, Logger: zerolog.Nop()}))
 	srv.Listener.Close()
 	srv.Listener = ln
 	if e.srv != nil {

@@ -1,4 +1,7 @@
-package leaseapi
+// Package leaseserver serves the lease API (see package leaseapi for the wire
+// contract) on the webhook's TLS port, over the semaphore. Only the webhook
+// talks to Redis.
+package leaseserver
 
 import (
 	"bytes"
@@ -15,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseapi"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/semaphore"
 )
 
@@ -34,16 +38,16 @@ type Config struct {
 	Metrics *Metrics
 }
 
-// NewHandler serves RenewPath, ReleasePath and AcquirePath.
+// NewHandler serves leaseapi.RenewPath, leaseapi.ReleasePath and leaseapi.AcquirePath.
 func NewHandler(cfg Config) http.Handler {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 2 * time.Second
 	}
 	h := &handler{cfg: cfg}
 	mux := http.NewServeMux()
-	mux.HandleFunc(RenewPath, h.serve("renew", h.renew))
-	mux.HandleFunc(ReleasePath, h.serve("release", h.release))
-	mux.HandleFunc(AcquirePath, h.serve("acquire", h.acquire))
+	mux.HandleFunc(leaseapi.RenewPath, h.serve("renew", h.renew))
+	mux.HandleFunc(leaseapi.ReleasePath, h.serve("release", h.release))
+	mux.HandleFunc(leaseapi.AcquirePath, h.serve("acquire", h.acquire))
 	return mux
 }
 
@@ -58,10 +62,10 @@ type answer struct {
 }
 
 func fail(status int, reason string, err error) answer {
-	return answer{status: status, reason: reason, body: ErrorResponse{Error: sentence(err), Reason: reason}}
+	return answer{status: status, reason: reason, body: leaseapi.Failure(reason, err)}
 }
 
-func (h *handler) serve(op string, do func(context.Context, []byte) (answer, Lease)) http.HandlerFunc {
+func (h *handler) serve(op string, do func(context.Context, []byte) (answer, leaseapi.Lease)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		began := time.Now()
 		a, lease := h.decide(r, do)
@@ -84,25 +88,25 @@ func (h *handler) serve(op string, do func(context.Context, []byte) (answer, Lea
 		ev.Str("operation", op).Int("code", a.status).Str("namespace", lease.Namespace).
 			Str("key", lease.Key).Int("slot", lease.Slot).
 			// The holder id is a capability: a prefix is enough to correlate.
-			Str("holder_prefix", truncate(lease.Holder, 8)).
+			Str("holder_prefix", prefix(lease.Holder, 8)).
 			Str("reason", a.reason).Dur("duration", time.Since(began)).Msg("lease request")
 	}
 }
 
-func (h *handler) decide(r *http.Request, do func(context.Context, []byte) (answer, Lease)) (answer, Lease) {
+func (h *handler) decide(r *http.Request, do func(context.Context, []byte) (answer, leaseapi.Lease)) (answer, leaseapi.Lease) {
 	if r.Method != http.MethodPost {
-		return fail(http.StatusMethodNotAllowed, ReasonBadRequest, fmt.Errorf("method %s is not allowed; use POST", r.Method)), Lease{}
+		return fail(http.StatusMethodNotAllowed, leaseapi.ReasonBadRequest, fmt.Errorf("method %s is not allowed; use POST", r.Method)), leaseapi.Lease{}
 	}
 	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
-		return fail(http.StatusUnsupportedMediaType, ReasonBadRequest, fmt.Errorf("content type %q is not supported; send application/json", r.Header.Get("Content-Type"))), Lease{}
+		return fail(http.StatusUnsupportedMediaType, leaseapi.ReasonBadRequest, fmt.Errorf("content type %q is not supported; send application/json", r.Header.Get("Content-Type"))), leaseapi.Lease{}
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxBody))
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			return fail(http.StatusRequestEntityTooLarge, ReasonBadRequest, fmt.Errorf("the request body exceeds %d bytes", maxBody)), Lease{}
+			return fail(http.StatusRequestEntityTooLarge, leaseapi.ReasonBadRequest, fmt.Errorf("the request body exceeds %d bytes", maxBody)), leaseapi.Lease{}
 		}
-		return fail(http.StatusBadRequest, ReasonBadRequest, fmt.Errorf("reading the request body: %w", err)), Lease{}
+		return fail(http.StatusBadRequest, leaseapi.ReasonBadRequest, fmt.Errorf("reading the request body: %w", err)), leaseapi.Lease{}
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.Timeout)
 	defer cancel()
@@ -121,54 +125,51 @@ func decode(body []byte, into any) error {
 	return nil
 }
 
-func (h *handler) renew(ctx context.Context, body []byte) (answer, Lease) {
-	var l Lease
+func (h *handler) renew(ctx context.Context, body []byte) (answer, leaseapi.Lease) {
+	var l leaseapi.Lease
 	if err := decode(body, &l); err != nil {
-		return fail(http.StatusBadRequest, ReasonBadRequest, err), l
+		return fail(http.StatusBadRequest, leaseapi.ReasonBadRequest, err), l
 	}
 	if err := l.Validate(); err != nil {
-		return fail(http.StatusBadRequest, ReasonBadRequest, err), l
+		return fail(http.StatusBadRequest, leaseapi.ReasonBadRequest, err), l
 	}
 	_, err := h.cfg.Semaphore.Renew(ctx, semaphore.Lease{Name: l.Name(), Slot: l.Slot, Holder: l.Holder}, h.cfg.TTL)
 	if err != nil {
 		return semaphoreFailure(err), l
 	}
-	return answer{status: http.StatusOK, body: LeaseResponse{Lease: l, TTLSeconds: h.cfg.TTL.Seconds()}}, l
+	return answer{status: http.StatusOK, body: leaseapi.LeaseResponse{Lease: l, TTLSeconds: h.cfg.TTL.Seconds()}}, l
 }
 
-func (h *handler) release(ctx context.Context, body []byte) (answer, Lease) {
-	var l Lease
+func (h *handler) release(ctx context.Context, body []byte) (answer, leaseapi.Lease) {
+	var l leaseapi.Lease
 	if err := decode(body, &l); err != nil {
-		return fail(http.StatusBadRequest, ReasonBadRequest, err), l
+		return fail(http.StatusBadRequest, leaseapi.ReasonBadRequest, err), l
 	}
 	if err := l.Validate(); err != nil {
-		return fail(http.StatusBadRequest, ReasonBadRequest, err), l
+		return fail(http.StatusBadRequest, leaseapi.ReasonBadRequest, err), l
 	}
 	released, err := h.cfg.Semaphore.Release(ctx, semaphore.Lease{Name: l.Name(), Slot: l.Slot, Holder: l.Holder})
 	if err != nil {
 		return semaphoreFailure(err), l
 	}
-	return answer{status: http.StatusOK, body: ReleaseResponse{Released: released}}, l
+	return answer{status: http.StatusOK, body: leaseapi.ReleaseResponse{Released: released}}, l
 }
 
-func (h *handler) acquire(ctx context.Context, body []byte) (answer, Lease) {
-	var req acquireRequest
+func (h *handler) acquire(ctx context.Context, body []byte) (answer, leaseapi.Lease) {
+	var req leaseapi.AcquireRequest
 	if err := decode(body, &req); err != nil {
-		return fail(http.StatusBadRequest, ReasonBadRequest, err), req.Lease
+		return fail(http.StatusBadRequest, leaseapi.ReasonBadRequest, err), req.Lease
 	}
 	l := req.Lease
-	if err := l.Validate(); err != nil {
-		return fail(http.StatusBadRequest, ReasonBadRequest, err), l
-	}
-	if req.Size < 1 || req.Size > semaphore.MaxSize {
-		return fail(http.StatusBadRequest, ReasonBadRequest, fmt.Errorf("the size %d must be from 1 to %d", req.Size, semaphore.MaxSize)), l
+	if err := req.Validate(); err != nil {
+		return fail(http.StatusBadRequest, leaseapi.ReasonBadRequest, err), l
 	}
 	got, err := h.cfg.Semaphore.AcquireAs(ctx, l.Name(), req.Size, h.cfg.TTL, l.Holder)
 	if err != nil {
 		return semaphoreFailure(err), l
 	}
 	l.Slot = got.Slot
-	return answer{status: http.StatusOK, body: LeaseResponse{Lease: l, TTLSeconds: h.cfg.TTL.Seconds()}}, l
+	return answer{status: http.StatusOK, body: leaseapi.LeaseResponse{Lease: l, TTLSeconds: h.cfg.TTL.Seconds()}}, l
 }
 
 // semaphoreFailure maps the semaphore's typed errors to statuses a client
@@ -177,32 +178,16 @@ func semaphoreFailure(err error) answer {
 	var lost *semaphore.LeaseLostError
 	switch {
 	case errors.As(err, &lost) && lost.Reason == semaphore.LostHeldByOther:
-		return fail(http.StatusConflict, ReasonConflict, err)
+		return fail(http.StatusConflict, leaseapi.ReasonConflict, err)
 	case errors.As(err, &lost):
-		return fail(http.StatusNotFound, ReasonNotFound, err)
+		return fail(http.StatusNotFound, leaseapi.ReasonNotFound, err)
 	case errors.Is(err, semaphore.ErrFull):
-		return fail(http.StatusConflict, ReasonFull, fmt.Errorf("%w; this pod runs over the limit until a slot frees up", err))
+		return fail(http.StatusConflict, leaseapi.ReasonFull, fmt.Errorf("%w; this pod runs over the limit until a slot frees up", err))
 	case errors.Is(err, semaphore.ErrNoQuorum), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
-		return fail(http.StatusServiceUnavailable, ReasonNoQuorum, err)
+		return fail(http.StatusServiceUnavailable, leaseapi.ReasonNoQuorum, err)
 	default:
-		return fail(http.StatusInternalServerError, ReasonNoQuorum, err)
+		return fail(http.StatusInternalServerError, leaseapi.ReasonNoQuorum, err)
 	}
-}
-
-// sentence makes an error a message for users: capitalised, ending with a
-// period.
-func sentence(err error) string {
-	s := err.Error()
-	if s == "" {
-		return s
-	}
-	if s[0] >= 'a' && s[0] <= 'z' {
-		s = string(s[0]-'a'+'A') + s[1:]
-	}
-	if last := s[len(s)-1]; last != '.' && last != '?' && last != '!' {
-		s += "."
-	}
-	return s
 }
 
 // Metrics counts lease API requests. A nil *Metrics records nothing.
@@ -246,4 +231,11 @@ func (m *Metrics) observe(op string, status int, d time.Duration) {
 	}
 	m.requests.WithLabelValues(op, strconv.Itoa(status)).Inc()
 	m.durations.WithLabelValues(op).Observe(d.Seconds())
+}
+
+func prefix(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
 }
