@@ -19,7 +19,9 @@ import (
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/e2e/webhookconfig"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/admission"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/redistest"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/sidecar/sidecartest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/webhooktest"
 )
 
 const (
@@ -57,6 +59,7 @@ func testScenarios(t *testing.T, e *env) {
 		{"7-bad-annotations", scenarioBadAnnotations},
 		{"8-startup-timeout-frees-slot", scenarioStartupTimeout},
 		{"9-deployment-on-a-semaphore", scenarioDeployment},
+		{"10-no-redis-quorum", scenarioNoQuorum},
 	}
 	for _, s := range scenarios {
 		t.Run(s.name, func(t *testing.T) {
@@ -592,4 +595,62 @@ func scenarioStartupTimeout(t *testing.T, e *env, target *webhookTarget) {
 	if res.Stdout != "pod/next created\n" {
 		t.Errorf("kubectl printed %q", res.Stdout)
 	}
+}
+
+// 10. Redis has no quorum (2 of 3 nodes down): a pod that names a semaphore
+// is refused with a message that names the failed nodes, a pod that only
+// wants the sidecar is still injected, and once the nodes are back the
+// refused pod is created. The scenario has Redis nodes and a webhook of its
+// own, so that the others keep their quorum.
+func scenarioNoQuorum(t *testing.T, e *env, _ *webhookTarget) {
+	redis, err := redistest.Start(redistest.Options{Nodes: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = redis.Close() })
+	wh := webhooktest.Start(t, webhooktest.Options{Redis: redis.Addrs(), RedisPassword: redis.Password})
+	target := e.installTarget(t, "noquorum", nil, wh)
+	ns, key := "s10-no-quorum", "k"
+	e.served(t, ns, target, nil)
+
+	for _, n := range redis.Nodes[1:] {
+		n.Kill()
+	}
+	ann := gated(optIn(8080), key, 1, "")
+	res := e.kctl(t, manifest(t, pod("gated", ann)), "create", "-n", ns, "-f", "-")
+	prefix := denied("ServiceUnavailable", fmt.Sprintf("no slot of semaphore %q could be taken: no Redis quorum for acquire: 2 of 3 nodes failed and 2 must answer (", ns+"/"+key))
+	prefix = strings.TrimSuffix(prefix, "\n")
+	suffix := "); the pod will be created when Redis recovers\n"
+	if res.OK() || !strings.HasPrefix(res.Stderr, prefix) || !strings.HasSuffix(res.Stderr, suffix) {
+		t.Fatalf("exit %d, kubectl printed\n%q\nwant\n%q...%q", res.ExitCode, res.Stderr, prefix, suffix)
+	}
+	for _, n := range redis.Nodes[1:] {
+		if !strings.Contains(res.Stderr, n.Addr()+": ") {
+			t.Errorf("the message does not name the failed node %s", n.Addr())
+		}
+	}
+	t.Logf("kubectl printed %s", strings.TrimSpace(res.Stderr))
+
+	res = e.mustKctl(t, manifest(t, pod("sidecar-only", optIn(8080))), "create", "-n", ns, "-f", "-")
+	if res.Stdout != "pod/sidecar-only created\n" {
+		t.Errorf("kubectl printed %q", res.Stdout)
+	}
+	if container(e.getPod(t, ns, "sidecar-only"), admission.ContainerName) == nil {
+		t.Error("a pod without a semaphore was not injected while Redis had no quorum")
+	}
+
+	for _, n := range redis.Nodes[1:] {
+		if err := n.Start(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The webhook's pools reconnect on their own; the API server's retry
+	// here plays the ReplicaSet's.
+	eventually(t, stepTimeout, 200*time.Millisecond, "the pod is created once Redis recovers", func() error {
+		res := e.kctl(t, manifest(t, pod("gated", ann)), "create", "-n", ns, "-f", "-")
+		if !res.OK() {
+			return res.Err()
+		}
+		return nil
+	})
 }
