@@ -126,10 +126,40 @@ func (a admission) outcome() string {
 		return "full"
 	case a.code == 503 && strings.Contains(a.message, "no slot was claimed on a quorum"):
 		return "split"
+	case a.code == 503 && strings.Contains(a.message, "no Redis quorum") && nodeCountedTwice(a.message):
+		return outcomeCountedTwice
 	case a.code == 503 && strings.Contains(a.message, "no Redis quorum"):
 		return "no quorum"
 	}
 	return fmt.Sprintf("denied %d", a.code)
+}
+
+// outcomeCountedTwice is a no-quorum answer that names one failed node
+// twice: the known bug TestNoQuorumCountsEachFailedNodeOnce in
+// src/semaphore reproduces.
+const outcomeCountedTwice = "no quorum, one node counted twice (known bug)"
+
+// nodeCountedTwice reports whether a no-quorum message lists a node twice
+// among its failures: "... (host:port: error; host:port: error)".
+func nodeCountedTwice(msg string) bool {
+	open := strings.Index(msg, "(")
+	closing := strings.LastIndex(msg, ")")
+	if open < 0 || closing < open {
+		return false
+	}
+	seen := map[string]bool{}
+	for _, f := range strings.Split(msg[open+1:closing], "; ") {
+		host, rest, ok := strings.Cut(f, ":")
+		port, _, ok2 := strings.Cut(rest, ":")
+		if !ok || !ok2 {
+			continue
+		}
+		if seen[host+":"+port] {
+			return true
+		}
+		seen[host+":"+port] = true
+	}
+	return false
 }
 
 var errUnreachable = errors.New("no webhook answered")

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -189,3 +190,15 @@ func waitFor(t testing.TB, within time.Duration, what string, cond func() (bool,
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// knownBug skips a test that shows a bug reported to the owner of the code
+// and not fixed yet, unless PMPH_RUN_KNOWN_BUGS=1: the test stays in the
+// tree, runs on demand, and `make test` stays green meanwhile.
+func knownBug(t *testing.T, bug string) {
+	t.Helper()
+	if !runKnownBugs() {
+		t.Skipf("known bug, reported and not fixed yet: %s (PMPH_RUN_KNOWN_BUGS=1 runs it)", bug)
+	}
+}
+
+func runKnownBugs() bool { return os.Getenv("PMPH_RUN_KNOWN_BUGS") == "1" }

@@ -127,6 +127,8 @@ func (r *run) worker(c *client, p pod, kind string) {
 		took := ended.Sub(began)
 		expected := outcome == "allowed" || (kind == "tight" && (outcome == "full" || outcome == "split"))
 		switch {
+		case outcome == outcomeCountedTwice && !runKnownBugs():
+			// Reported, reproduced in src/semaphore, counted in the figures.
 		case oneNodeDown[label]:
 			if kind == "roomy" && outcome != "allowed" {
 				r.fail("%s under %q: %s %q (err %v) though a slot was free", op, label, outcome, a.message, err)
