@@ -69,8 +69,10 @@ func (r Result) Err() error {
 func (k *Runner) Run(ctx context.Context, stdin string, args ...string) (Result, error) {
 	res := Result{Args: args}
 	cmd := exec.CommandContext(ctx, k.Bin, args...)
-	// Setpgid, so that cancelling kills whatever kubectl started too.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Setpgid, so that cancelling kills whatever kubectl started too;
+	// Pdeathsig, so that a test binary killed on timeout leaves no kubectl
+	// waiting on an API server that is gone.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = waitDelay
 	cmd.Env = append(withoutKubeconfig(os.Environ()), "KUBECONFIG="+k.Kubeconfig)

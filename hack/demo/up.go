@@ -90,6 +90,10 @@ func spawnDaemon(ctx context.Context, cfg config, out io.Writer) (int, error) {
 	if err := os.MkdirAll(string(cfg.dir), 0o755); err != nil {
 		return 0, err
 	}
+	// A state file left by a daemon that was killed would read as ready.
+	if err := os.Remove(cfg.dir.stateFile()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return 0, fmt.Errorf("cannot remove the stale demo state: %w", err)
+	}
 	logFile, err := os.OpenFile(cfg.dir.logFile(), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
 	if err != nil {
 		return 0, fmt.Errorf("cannot create the daemon's log: %w", err)
@@ -116,7 +120,7 @@ func spawnDaemon(ctx context.Context, cfg config, out io.Writer) (int, error) {
 		}
 		exited <- code
 	}()
-	_, err = waitReady(ctx, cfg, &daemonWatch{exited: exited, out: out})
+	_, err = waitReady(ctx, cfg, &daemonWatch{pid: cmd.Process.Pid, exited: exited, out: out})
 	var gone *daemonExited
 	if errors.As(err, &gone) {
 		if gone.code == exitAlreadyRunning {
@@ -131,6 +135,7 @@ func spawnDaemon(ctx context.Context, cfg config, out io.Writer) (int, error) {
 // daemonWatch is what waitReady watches when this process started the
 // daemon: its exit, and its log to show.
 type daemonWatch struct {
+	pid    int
 	exited <-chan int
 	out    io.Writer
 }
@@ -152,6 +157,9 @@ func waitReady(ctx context.Context, cfg config, w *daemonWatch) (*state, error) 
 			shown = copyNew(cfg.dir.logFile(), shown, w.out)
 		}
 		st, err := cfg.dir.readState()
+		if err == nil && w != nil && st.Pid != w.pid {
+			err = errors.New("the state is another daemon's") // a leftover; ours rewrites it
+		}
 		if err == nil && st.Phase == phaseReady {
 			if w != nil {
 				fmt.Fprintln(w.out)
