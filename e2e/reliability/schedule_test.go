@@ -74,9 +74,10 @@ func (tl *timeline) span(from, to time.Time) string {
 }
 
 // step is one fault of the schedule: inject it, keep it for hold, heal it.
-// The label is set only once the fault is in force and changed to
-// faultTransition before healing begins, so that an operation attributed
-// to a fault ran entirely while it was in force.
+// The label is faultTransition while the fault is injected, set only once
+// the fault is in force, and faultTransition again before healing begins,
+// so that an operation attributed to a fault (or to none) ran entirely
+// while it was (or no fault was) in force.
 type step struct {
 	label  string
 	inject func() error
@@ -190,6 +191,8 @@ func runSchedule(ctx context.Context, tl *timeline, steps []step, injected func(
 		if ctx.Err() != nil {
 			return nil
 		}
+		// An operation that overlaps the injection is a transition.
+		tl.set(faultTransition)
 		if err := s.inject(); err != nil {
 			return fmt.Errorf("injecting %q: %w", s.label, err)
 		}
