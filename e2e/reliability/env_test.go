@@ -20,13 +20,13 @@ import (
 )
 
 // Settings of the webhook processes under test. The per-node timeout is
-// four times the product's default: the webhooks run with the race
+// five times the product's default: the webhooks run with the race
 // detector on two cores shared with other builds, where a healthy node can
 // take longer than 50 ms to answer, and the assertions must not mistake CPU
 // starvation for a fault. Leases are short so that expiry happens many
 // times within a run.
 const (
-	nodeTimeout    = 200 * time.Millisecond
+	nodeTimeout    = 250 * time.Millisecond
 	leaseTTL       = time.Second
 	startupTimeout = 2 * time.Second
 	namespace      = "reliability"

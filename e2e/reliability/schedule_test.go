@@ -34,6 +34,10 @@ var faultOrder = []string{faultNone, faultNodeKilled, faultNodePaused, faultSlow
 var oneNodeDown = map[string]bool{faultNone: true, faultNodeKilled: true, faultNodePaused: true,
 	faultSlowNode: true, faultHungLink: true, faultDrops: true, faultWebhook: true}
 
+// faulted is the index, in the webhooks' node list [node0, node1, proxy],
+// of the node a one-node fault takes out; -1 for none.
+var faulted = map[string]int{faultNodeKilled: 0, faultNodePaused: 1, faultSlowNode: 2, faultHungLink: 2, faultDrops: 2}
+
 // twoNodesDown are the faults under which no quorum answers.
 var twoNodesDown = map[string]bool{faultTwoPaused: true, faultTwoKilled: true}
 
@@ -123,9 +127,9 @@ func (e *env) schedule() []step {
 		steps = append(steps, step{label: faultNodeKilled, inject: kill(0), hold: 2500 * time.Millisecond, heal: restart(0), quiet: 1500 * time.Millisecond})
 	}
 	for range 2 {
-		// Ten times the per-node timeout: every command to the node times
+		// Eight times the per-node timeout: every command to the node times
 		// out while it is stopped.
-		steps = append(steps, step{label: faultNodePaused, inject: n1.Pause, hold: 10 * nodeTimeout, heal: n1.Resume, quiet: 1500 * time.Millisecond})
+		steps = append(steps, step{label: faultNodePaused, inject: n1.Pause, hold: 8 * nodeTimeout, heal: n1.Resume, quiet: 1500 * time.Millisecond})
 	}
 	refusing := false
 	steps = append(steps,
@@ -155,7 +159,7 @@ func (e *env) schedule() []step {
 				return err
 			}
 			return n1.Pause()
-		}, hold: 10 * nodeTimeout, heal: func() error {
+		}, hold: 8 * nodeTimeout, heal: func() error {
 			if err := n0.Resume(); err != nil {
 				return err
 			}
