@@ -186,7 +186,6 @@ func TestTwoNodesDownDeniesWithinTheTimeout(t *testing.T) {
 // resumes it runs them, and a claim that lands on both resumed nodes is a
 // lease on a quorum that no pod has.
 func TestNoGhostLeaseAfterHungNodesResume(t *testing.T) {
-	knownBug(t, "a denied admission leaves a lease owned on a quorum when two hung nodes resume and run the acquire script the webhook timed out on")
 	e := newEnv(t, envOptions{})
 	c, err := newClient(e)
 	if err != nil {

@@ -2,6 +2,8 @@ package semaphore
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"math/rand/v2"
 	"time"
@@ -28,72 +30,160 @@ func (c *Client) AcquireAs(ctx context.Context, name string, size int, ttl time.
 	if !ValidHolderID(holder) {
 		return Lease{}, fmt.Errorf("semaphore: holder id %q must be 32 lowercase hex digits", holder)
 	}
-	began := time.Now()
-	start := rand.IntN(size)
-	var (
-		lease Lease
-		err   error
-	)
+	a, err := c.newAcquisition(name, size, ttl, holder)
+	if err != nil {
+		return Lease{}, err
+	}
+	lease, err := a.run(ctx)
+	if err != nil {
+		a.cancelSuspects()
+	}
+	c.metrics.observeOp("acquire", err, time.Since(a.began))
+	return lease, err
+}
+
+// acquisition is one AcquireAs call: its attempts share the holder id and a
+// nonce that marks their claims, so that a failed acquisition can cancel
+// claims it never saw answered.
+type acquisition struct {
+	c      *Client
+	name   string
+	base   string
+	size   int
+	ttl    time.Duration
+	ttlMS  int64
+	holder string
+	nonce  string
+	began  time.Time
+	// suspects are the nodes that may have run a claim of this acquisition
+	// without the answer reaching it: an error (a timeout may come after
+	// the node ran the script, and a hung node runs what it queued when it
+	// resumes) or no answer yet when a round was decided.
+	suspects []bool
+}
+
+func (c *Client) newAcquisition(name string, size int, ttl time.Duration, holder string) (*acquisition, error) {
+	var b [8]byte
+	if _, err := crand.Read(b[:]); err != nil {
+		return nil, fmt.Errorf("semaphore: reading a random nonce: %w", err)
+	}
+	return &acquisition{
+		c: c, name: name, base: c.base(name), size: size, ttl: ttl, ttlMS: ttl.Milliseconds(),
+		holder: holder, nonce: hex.EncodeToString(b[:]), began: time.Now(),
+		suspects: make([]bool, len(c.nodes)),
+	}, nil
+}
+
+func (a *acquisition) run(ctx context.Context) (Lease, error) {
+	start := rand.IntN(a.size)
 	for attempt := 1; ; attempt++ {
+		var (
+			lease Lease
+			err   error
+		)
 		if attempt == 1 {
-			lease, err = c.acquireOnce(ctx, name, size, ttl, holder, start)
+			lease, err = a.parallel(ctx, start)
 		} else {
-			lease, err = c.acquireArbitrated(ctx, name, size, ttl, holder, start)
+			lease, err = a.arbitrated(ctx, start)
 		}
 		if err != errSplit {
-			break
+			return lease, err
 		}
 		if attempt == maxAttempts {
 			// The nodes kept disagreeing. Either racing acquirers kept
 			// splitting the free slots between them, or every slot is held
 			// on a quorum without any node being full on its own (holders
 			// on {A,B} and {B,C} for a size of 2): ask the nodes which.
-			var free []int
-			if free, err = c.quorumFree(ctx, name, size); err != nil {
-				break
+			free, err := a.c.quorumFree(ctx, a.name, a.size)
+			switch {
+			case err != nil:
+				return Lease{}, err
+			case len(free) == 0:
+				return Lease{}, &FullError{Name: a.name, Size: a.size, Held: a.size}
+			default:
+				return Lease{}, &NoQuorumError{Op: "acquire", Quorum: a.c.quorum, Nodes: len(a.c.nodes), Split: true, Attempts: attempt}
 			}
-			if len(free) == 0 {
-				err = &FullError{Name: name, Size: size, Held: size}
-			} else {
-				err = &NoQuorumError{Op: "acquire", Quorum: c.quorum, Nodes: len(c.nodes), Split: true, Attempts: attempt}
-			}
-			break
 		}
-		start = rand.IntN(size)
+		start = rand.IntN(a.size)
 		// A short random pause keeps racing acquirers from colliding again in
 		// lockstep; it stays far below the node timeout.
-		if err = pause(ctx, time.Duration(rand.Int64N(int64(attempt)*int64(time.Millisecond)))); err != nil {
-			err = fmt.Errorf("acquiring a slot of semaphore %q: %w", name, err)
-			break
+		if err := pause(ctx, time.Duration(rand.Int64N(int64(attempt)*int64(time.Millisecond)))); err != nil {
+			return Lease{}, fmt.Errorf("acquiring a slot of semaphore %q: %w", a.name, err)
 		}
 	}
-	c.metrics.observeOp("acquire", err, time.Since(began))
-	if err != nil {
-		return Lease{}, err
-	}
-	return lease, nil
 }
 
-// acquireArbitrated is the retry after racing acquirers split a round: one
-// node, the arbiter, picks the slot, and the others are asked to claim that
-// very slot. Racing acquirers are serialised by the arbiter, which gives each
-// a different slot, so they stop splitting slots between them. It costs two
+// cancelSuspects tells every suspect node, in the background, that this
+// acquisition failed: the node deletes a claim of it and refuses one that
+// arrives later (a command it queued while hung). Without this, two hung
+// nodes that resume would hold a lease on a quorum that nobody has, for the
+// whole TTL.
+func (a *acquisition) cancelSuspects() {
+	for i, suspect := range a.suspects {
+		if !suspect {
+			continue
+		}
+		a.c.background.Add(1)
+		go func() {
+			defer a.c.background.Done()
+			_, err := a.c.nodes[i].evalQueued(a.c.scripts.cancel, a.base, a.holder, a.nonce, a.ttlMS)
+			a.c.metrics.observeNode(a.c.nodes[i].addr, err)
+		}()
+	}
+}
+
+func (a *acquisition) failed(nodeIdx int, err error, failures []NodeError) []NodeError {
+	a.suspects[nodeIdx] = true
+	for _, f := range failures {
+		if f.Node == a.c.nodes[nodeIdx].addr {
+			return failures
+		}
+	}
+	return append(failures, NodeError{Node: a.c.nodes[nodeIdx].addr, Err: err})
+}
+
+// pending marks the nodes that have not answered a round that was decided.
+func (a *acquisition) pending(answered []bool) {
+	for i, ok := range answered {
+		if !ok {
+			a.suspects[i] = true
+		}
+	}
+}
+
+func (a *acquisition) undo(nodeIdx, slot int) { a.c.undoClaim(nodeIdx, a.base, a.holder, slot) }
+
+func (a *acquisition) lease(slot int) Lease {
+	return Lease{Name: a.name, Slot: slot, Holder: a.holder, Deadline: a.began.Add(a.ttl - drift(a.ttl))}
+}
+
+func (a *acquisition) valid(roundBegan time.Time) bool {
+	return a.ttl-time.Since(roundBegan)-drift(a.ttl) > 0
+}
+
+func (a *acquisition) cancelled(ctx context.Context) error {
+	return fmt.Errorf("acquiring a slot of semaphore %q: %w", a.name, ctx.Err())
+}
+
+// arbitrated is the retry after racing acquirers split a round: one node,
+// the arbiter, picks the slot, and the others are asked to claim that very
+// slot. Racing acquirers are serialised by the arbiter, which gives each a
+// different slot, so they stop splitting slots between them. It costs two
 // round trips instead of one, only under contention. The arbiter is the
 // first node that answers, in configuration order, so that every retrying
 // acquirer, whatever its attempt, is serialised by the same node.
-func (c *Client) acquireArbitrated(ctx context.Context, name string, size int, ttl time.Duration, holder string, start int) (Lease, error) {
-	base := c.base(name)
-	ttlMS := ttl.Milliseconds()
+func (a *acquisition) arbitrated(ctx context.Context, start int) (Lease, error) {
+	c := a.c
 	m := len(c.nodes)
 	began := time.Now()
 	var failures []NodeError
 	arbiter, slot := -1, -1
 	for idx := range m {
-		v, err := c.nodes[idx].eval(c.scripts.acquire, base, holder, ttlMS, size, start)
+		v, err := c.nodes[idx].eval(c.scripts.acquire, a.base, a.holder, a.ttlMS, a.size, start, a.nonce)
 		c.metrics.observeNode(c.nodes[idx].addr, err)
-		claimed, err := parseAcquire(v, err, size)
+		claimed, err := parseAcquire(v, err, a.size)
 		if err != nil {
-			failures = append(failures, NodeError{Node: c.nodes[idx].addr, Err: err})
+			failures = a.failed(idx, err, failures)
 			if len(failures) > m-c.quorum {
 				return Lease{}, &NoQuorumError{Op: "acquire", Quorum: c.quorum, Nodes: m, Failures: failures}
 			}
@@ -104,16 +194,18 @@ func (c *Client) acquireArbitrated(ctx context.Context, name string, size int, t
 			// claimed by racing acquirers, the other nodes' fingerprints
 			// tell; reading them claims nothing that could get in the way
 			// of the acquirers the arbiter did serve.
-			fps, more, err := c.nodeFingerprints(ctx, name, size, idx)
+			fps, more, err := c.nodeFingerprints(ctx, a.name, a.size, idx)
 			if err != nil {
 				return Lease{}, err
 			}
-			failures = append(failures, more...)
+			for _, f := range more {
+				failures = a.failed(c.indexOf(f.Node), f.Err, failures)
+			}
 			if len(failures) > m-c.quorum {
 				return Lease{}, &NoQuorumError{Op: "acquire", Quorum: c.quorum, Nodes: m, Failures: failures}
 			}
-			if heldOnQuorum(append(fps, claimed.fingerprints), size, c.quorum) {
-				return Lease{}, &FullError{Name: name, Size: size, Held: size}
+			if heldOnQuorum(append(fps, claimed.fingerprints), a.size, c.quorum) {
+				return Lease{}, &FullError{Name: a.name, Size: a.size, Held: a.size}
 			}
 			return Lease{}, errSplit
 		}
@@ -121,51 +213,57 @@ func (c *Client) acquireArbitrated(ctx context.Context, name string, size int, t
 		break
 	}
 	if ctx.Err() != nil {
-		c.undoClaim(arbiter, base, holder, slot)
-		return Lease{}, fmt.Errorf("acquiring a slot of semaphore %q: %w", name, ctx.Err())
+		a.undo(arbiter, slot)
+		return Lease{}, a.cancelled(ctx)
 	}
 	replies := c.fanoutExcept(arbiter, func(n *node) (any, error) {
-		return n.eval(c.scripts.claim, base, holder, slot, ttlMS)
+		return n.eval(c.scripts.claim, a.base, a.holder, slot, a.ttlMS, a.nonce)
 	})
+	answered := make([]bool, m)
+	answered[arbiter] = true
 	claimedOn := []int{arbiter}
 	undoAll := func() {
 		for _, i := range claimedOn {
-			c.undoClaim(i, base, holder, slot)
+			a.undo(i, slot)
 		}
 	}
 	undoLate := func(r reply) {
 		if v, ok := r.val.(int64); r.err == nil && ok && v == 1 {
-			c.undoClaim(r.node, base, holder, slot)
+			a.undo(r.node, slot)
 		}
 	}
-	for answered := 0; answered < m-1; answered++ {
+	for n := 0; n < m-1; n++ {
 		select {
 		case <-ctx.Done():
 			undoAll()
-			c.drain(replies, m-1-answered, undoLate)
-			return Lease{}, fmt.Errorf("acquiring a slot of semaphore %q: %w", name, ctx.Err())
+			a.pending(answered)
+			c.drain(replies, m-1-n, undoLate)
+			return Lease{}, a.cancelled(ctx)
 		case r := <-replies:
+			answered[r.node] = true
 			v, ok := r.val.(int64)
 			if r.err == nil && !ok {
 				r.err = &protocolError{what: "claim", reply: r.val}
 			}
-			if r.err == nil && v == 1 {
+			switch {
+			case r.err != nil:
+				failures = a.failed(r.node, r.err, failures)
+			case v == 1:
 				claimedOn = append(claimedOn, r.node)
 			}
 		}
-		remaining := m - 1 - answered - 1
+		remaining := m - 1 - n - 1
 		switch {
-		case len(claimedOn) >= c.quorum:
-			if ttl-time.Since(began)-drift(ttl) <= 0 {
-				undoAll()
-				c.drain(replies, remaining, undoLate)
-				return Lease{}, errSplit
-			}
+		case len(claimedOn) >= c.quorum && a.valid(began):
 			c.drain(replies, remaining, nil)
-			return Lease{Name: name, Slot: slot, Holder: holder, Deadline: began.Add(ttl - drift(ttl))}, nil
-		case len(claimedOn)+remaining < c.quorum:
+			return a.lease(slot), nil
+		case len(claimedOn) >= c.quorum, len(claimedOn)+remaining < c.quorum:
 			undoAll()
+			a.pending(answered)
 			c.drain(replies, remaining, undoLate)
+			if len(failures) > m-c.quorum {
+				return Lease{}, &NoQuorumError{Op: "acquire", Quorum: c.quorum, Nodes: m, Failures: failures}
+			}
 			return Lease{}, errSplit
 		}
 	}
@@ -173,19 +271,18 @@ func (c *Client) acquireArbitrated(ctx context.Context, name string, size int, t
 	return Lease{}, errSplit
 }
 
-// errSplit is acquireOnce's internal answer for "enough nodes answered, but
-// no slot won a quorum": worth another attempt.
+// errSplit is the internal answer of a round for "enough nodes answered,
+// but no slot won a quorum": worth another attempt.
 var errSplit = &NoQuorumError{Split: true}
 
-// acquireOnce is one parallel round: every node runs the acquire script with
+// parallel is one parallel round: every node runs the acquire script with
 // the same rotation start, and the answer is returned as soon as the outcome
 // is decided; late answers are handled in the background.
-func (c *Client) acquireOnce(ctx context.Context, name string, size int, ttl time.Duration, holder string, start int) (Lease, error) {
-	base := c.base(name)
-	ttlMS := ttl.Milliseconds()
+func (a *acquisition) parallel(ctx context.Context, start int) (Lease, error) {
+	c := a.c
 	began := time.Now()
 	replies := c.fanout(func(n *node) (any, error) {
-		return n.eval(c.scripts.acquire, base, holder, ttlMS, size, start)
+		return n.eval(c.scripts.acquire, a.base, a.holder, a.ttlMS, a.size, start, a.nonce)
 	})
 
 	m := len(c.nodes)
@@ -194,16 +291,15 @@ func (c *Client) acquireOnce(ctx context.Context, name string, size int, ttl tim
 		claims[i] = -1
 	}
 	var (
+		answered        = make([]bool, m)
 		failures        []NodeError
 		fingerprints    []string // of the nodes that answered full
-		answered        int
 		best, bestCount = -1, 0
 	)
-	undo := func(nodeIdx, slot int) { c.undoClaim(nodeIdx, base, holder, slot) }
 	undoLate := func(keep int) func(reply) {
 		return func(r reply) {
-			if claimed, err := parseAcquire(r.val, r.err, size); err == nil && claimed.ok && claimed.slot != keep {
-				undo(r.node, claimed.slot)
+			if claimed, err := parseAcquire(r.val, r.err, a.size); err == nil && claimed.ok && claimed.slot != keep {
+				a.undo(r.node, claimed.slot)
 			}
 		}
 	}
@@ -216,7 +312,7 @@ func (c *Client) acquireOnce(ctx context.Context, name string, size int, ttl tim
 				c.background.Add(1)
 				go func() {
 					defer c.background.Done()
-					undo(i, slot)
+					a.undo(i, slot)
 					done <- struct{}{}
 				}()
 			}
@@ -227,19 +323,25 @@ func (c *Client) acquireOnce(ctx context.Context, name string, size int, ttl tim
 			}
 		}
 	}
+	// lose ends a round that gave no lease: claims undone, nodes that have
+	// not answered marked for cancelling, late claims undone.
+	lose := func(remaining int, wait bool) {
+		undoAll(-1, wait)
+		a.pending(answered)
+		c.drain(replies, remaining, undoLate(-1))
+	}
 
-	for answered < m {
+	for n := range m {
 		select {
 		case <-ctx.Done():
-			undoAll(-1, false)
-			c.drain(replies, m-answered, undoLate(-1))
-			return Lease{}, fmt.Errorf("acquiring a slot of semaphore %q: %w", name, ctx.Err())
+			lose(m-n, false)
+			return Lease{}, a.cancelled(ctx)
 		case r := <-replies:
-			answered++
-			claimed, err := parseAcquire(r.val, r.err, size)
+			answered[r.node] = true
+			claimed, err := parseAcquire(r.val, r.err, a.size)
 			switch {
 			case err != nil:
-				failures = append(failures, NodeError{Node: c.nodes[r.node].addr, Err: err})
+				failures = a.failed(r.node, err, failures)
 			case !claimed.ok:
 				fingerprints = append(fingerprints, claimed.fingerprints)
 			default:
@@ -255,35 +357,30 @@ func (c *Client) acquireOnce(ctx context.Context, name string, size int, ttl tim
 				}
 			}
 		}
-		remaining := m - answered
+		remaining := m - n - 1
 		switch {
-		case bestCount >= c.quorum:
-			validity := ttl - time.Since(began) - drift(ttl)
-			if validity <= 0 {
-				undoAll(-1, false)
-				c.drain(replies, remaining, undoLate(-1))
-				return Lease{}, &NoQuorumError{Op: "acquire", Quorum: c.quorum, Nodes: m,
-					Failures: append(failures, NodeError{Node: "all", Err: fmt.Errorf("the quorum answered after the lease's TTL of %s had run out", ttl)})}
-			}
+		case bestCount >= c.quorum && a.valid(began):
 			undoAll(best, false)
 			c.drain(replies, remaining, undoLate(best))
-			return Lease{Name: name, Slot: best, Holder: holder, Deadline: began.Add(ttl - drift(ttl))}, nil
+			return a.lease(best), nil
+		case bestCount >= c.quorum:
+			lose(remaining, false)
+			return Lease{}, &NoQuorumError{Op: "acquire", Quorum: c.quorum, Nodes: m,
+				Failures: append(failures, NodeError{Node: "all", Err: fmt.Errorf("the quorum answered after the lease's TTL of %s had run out", a.ttl)})}
 		case len(failures) > m-c.quorum:
-			undoAll(-1, false)
-			c.drain(replies, remaining, undoLate(-1))
+			lose(remaining, false)
 			return Lease{}, &NoQuorumError{Op: "acquire", Quorum: c.quorum, Nodes: m, Failures: failures}
-		case bestCount == 0 && heldOnQuorum(fingerprints, size, c.quorum):
+		case bestCount == 0 && heldOnQuorum(fingerprints, a.size, c.quorum):
 			// Every slot is owned by one holder on a quorum: full, whatever
 			// the nodes still to answer say.
-			c.drain(replies, remaining, undoLate(-1))
-			return Lease{}, &FullError{Name: name, Size: size, Held: size}
+			lose(remaining, false)
+			return Lease{}, &FullError{Name: a.name, Size: a.size, Held: a.size}
 		case remaining == 0, bestCount > 0 && bestCount+remaining < c.quorum:
 			// No outcome can be reached in this round: claims split between
 			// racing acquirers, or slots only claimed, not owned. The claims
 			// are undone before the caller retries, since the acquire script
 			// would otherwise answer them again to the same holder.
-			undoAll(-1, true)
-			c.drain(replies, remaining, undoLate(-1))
+			lose(remaining, true)
 			return Lease{}, errSplit
 		}
 	}
@@ -302,6 +399,9 @@ func heldOnQuorum(fingerprints []string, size, quorum int) bool {
 		owned := false
 		for i := 0; i+quorum <= len(fingerprints) && !owned; i++ {
 			fp := fingerprints[i][lo:hi]
+			if fp == freeFingerprint {
+				continue
+			}
 			n := 0
 			for _, other := range fingerprints[i:] {
 				if other[lo:hi] == fp {
@@ -400,6 +500,9 @@ func parseAcquire(v any, err error, size int) (acquireAnswer, error) {
 	}
 	switch flag := arr[0].(type) {
 	case int64:
+		if flag == 2 {
+			return acquireAnswer{}, errCancelledClaim
+		}
 		if flag == 1 {
 			if slot, ok := arr[1].(int64); ok && slot >= 0 && slot < int64(size) {
 				return acquireAnswer{ok: true, slot: int(slot)}, nil
@@ -410,6 +513,10 @@ func parseAcquire(v any, err error, size int) (acquireAnswer, error) {
 	}
 	return acquireAnswer{}, &protocolError{what: "acquire", reply: v}
 }
+
+// errCancelledClaim is a node's answer to a claim that arrived after its
+// acquisition was cancelled there; only late answers carry it.
+var errCancelledClaim = &protocolError{what: "acquire", reply: "a claim of a cancelled acquisition"}
 
 func pause(ctx context.Context, d time.Duration) error {
 	if d <= 0 {

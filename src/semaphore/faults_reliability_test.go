@@ -1,13 +1,11 @@
 package semaphore_test
 
 // Reproductions of faults found by the fault-injection tests
-// (e2e/reliability), reduced to one client and three nodes. They are
-// skipped until fixed unless PMPH_RUN_KNOWN_BUGS=1.
+// (e2e/reliability), reduced to one client and three nodes.
 
 import (
 	"context"
 	"errors"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -15,19 +13,11 @@ import (
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/semaphore"
 )
 
-func knownBug(t *testing.T, bug string) {
-	t.Helper()
-	if os.Getenv("PMPH_RUN_KNOWN_BUGS") != "1" {
-		t.Skipf("known bug, reported and not fixed yet: %s (PMPH_RUN_KNOWN_BUGS=1 runs it)", bug)
-	}
-}
-
 // With node 0 down, the first attempt splits (node 1 answers full, node 2
 // claims a slot), and the arbitrated retry asks node 0 twice: once as the
 // arbiter candidate and once for fingerprints. Its one failure must count
 // once: one failed node out of three leaves a quorum.
 func TestNoQuorumCountsEachFailedNodeOnce(t *testing.T) {
-	knownBug(t, "acquireArbitrated counts a failed node twice (arbiter loop and nodeFingerprints) and answers no quorum with one node down")
 	c, cluster := newClient(t, 3, time.Second)
 	ctx := context.Background()
 	const name = "ns/counted-once"
@@ -69,7 +59,6 @@ func TestNoQuorumCountsEachFailedNodeOnce(t *testing.T) {
 // everyone for the whole TTL (a pod's startup timeout: 5 minutes by
 // default).
 func TestNoGhostLeaseAfterHungNodesResume(t *testing.T) {
-	knownBug(t, "a failed acquisition's claims run late on two resumed nodes and own a slot for the whole TTL")
 	c, cluster := newClient(t, 3, 200*time.Millisecond)
 	ctx := context.Background()
 	const name = "ns/ghost"
@@ -115,7 +104,6 @@ func TestNoGhostLeaseAfterHungNodesResume(t *testing.T) {
 // new lease, and removes it from a quorum while the holder counts on it
 // for a whole TTL. Another acquirer then gets the same slot.
 func TestReacquiredLeaseSurvivesTheLostLeaseCleanup(t *testing.T) {
-	knownBug(t, "the background release of a lost lease deletes the same holder's new lease on the same slot")
 	c, cluster := newClient(t, 3, 200*time.Millisecond)
 	ctx := context.Background()
 	const name = "ns/reacquired"

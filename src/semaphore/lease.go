@@ -30,7 +30,7 @@ func (c *Client) renew(ctx context.Context, lease Lease, ttl time.Duration, bega
 	if !lease.Deadline.IsZero() && !began.Before(lease.Deadline) {
 		// The keys may outlive the validity by the drift allowance; they
 		// are this holder's and nobody may count on them any more.
-		c.releaseInBackground(base, lease, nil, 0)
+		c.releaseNow(base, lease)
 		return Lease{}, &LeaseLostError{Lease: lease, Reason: LostExpired}
 	}
 	replies := c.fanout(func(n *node) (any, error) {
@@ -69,15 +69,12 @@ func (c *Client) renew(ctx context.Context, lease Lease, ttl time.Duration, bega
 		switch {
 		case renewed >= c.quorum:
 			now := time.Now()
-			if !lease.Deadline.IsZero() && !now.Before(lease.Deadline) {
-				c.releaseInBackground(base, lease, replies, remaining)
+			if (!lease.Deadline.IsZero() && !now.Before(lease.Deadline)) || !now.Before(began.Add(ttl-drift(ttl))) {
+				c.drain(replies, remaining, nil)
+				c.releaseNow(base, lease)
 				return Lease{}, &LeaseLostError{Lease: lease, Reason: LostExpired}
 			}
 			deadline := began.Add(ttl - drift(ttl))
-			if !now.Before(deadline) {
-				c.releaseInBackground(base, lease, replies, remaining)
-				return Lease{}, &LeaseLostError{Lease: lease, Reason: LostExpired}
-			}
 			next := Lease{Name: lease.Name, Slot: lease.Slot, Holder: lease.Holder, Deadline: deadline}
 			c.repair(base, next, lost)
 			c.drain(replies, remaining, func(r reply) {
@@ -87,7 +84,8 @@ func (c *Client) renew(ctx context.Context, lease Lease, ttl time.Duration, bega
 			})
 			return next, nil
 		case missing+other > m-c.quorum:
-			c.releaseInBackground(base, lease, replies, remaining)
+			c.drain(replies, remaining, nil)
+			c.releaseNow(base, lease)
 			reason := LostNotFound
 			if other >= c.quorum {
 				reason = LostHeldByOther
@@ -119,22 +117,19 @@ func (c *Client) repair(base string, lease Lease, nodes []int) {
 	}
 }
 
-// releaseInBackground deletes a lost lease's keys everywhere (compare and
-// delete), after the renewal round's late answers are in.
-func (c *Client) releaseInBackground(base string, lease Lease, replies chan reply, remaining int) {
-	c.background.Add(1)
-	go func() {
-		defer c.background.Done()
-		for range remaining {
-			<-replies
-		}
-		done := c.fanout(func(n *node) (any, error) {
-			return n.eval(c.scripts.release, base, lease.Holder, lease.Slot)
-		})
-		for range c.nodes {
-			<-done
-		}
-	}()
+// releaseNow deletes a lost lease's keys everywhere (compare-and-delete) and
+// waits for the nodes, each bounded by the node timeout. It does not return
+// before that on purpose: the holder may take a slot again with the same id
+// right after (the sidecar does), and a delete still under way could take
+// the new lease from a quorum. A slow node that runs the delete later can
+// only take it from itself.
+func (c *Client) releaseNow(base string, lease Lease) {
+	done := c.fanout(func(n *node) (any, error) {
+		return n.eval(c.scripts.release, base, lease.Holder, lease.Slot)
+	})
+	for range c.nodes {
+		<-done
+	}
 }
 
 // Release deletes the lease on every node (compare-and-delete). It is

@@ -28,13 +28,14 @@ func newScript(name, src string) *script {
 }
 
 type scripts struct {
-	acquire, claim, fingerprints, renew, repair, release, inspect *script
+	acquire, claim, cancel, fingerprints, renew, repair, release, inspect *script
 }
 
 func newScripts() scripts {
 	return scripts{
 		acquire:      newScript("acquire", acquireScript),
 		claim:        newScript("claim", claimScript),
+		cancel:       newScript("cancel", cancelScript),
 		fingerprints: newScript("fingerprints", fingerprintsScript),
 		renew:        newScript("renew", renewScript),
 		repair:       newScript("repair", repairScript),
@@ -45,9 +46,11 @@ func newScripts() scripts {
 
 // node is one Redis server behind its own connection pool.
 type node struct {
-	addr    string
-	timeout time.Duration
-	newPool func() *redis.Pool
+	addr     string
+	timeout  time.Duration
+	username string
+	password string
+	newPool  func() *redis.Pool
 	// pool is replaced as a whole when the server drops connections (a
 	// restart): every idle connection is then dead, and finding that out one
 	// failed operation at a time would cost an operation per connection.
@@ -55,7 +58,7 @@ type node struct {
 }
 
 func newNode(addr, username, password string, timeout time.Duration, maxIdle int) *node {
-	n := &node{addr: addr, timeout: timeout}
+	n := &node{addr: addr, timeout: timeout, username: username, password: password}
 	n.newPool = func() *redis.Pool {
 		return &redis.Pool{
 			MaxIdle:     maxIdle,
@@ -143,6 +146,46 @@ func (n *node) renewPool() {
 func brokenConn(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// evalQueued runs a script on a fresh connection, sending the
+// authentication and the script together without waiting in between. A hung
+// node accepts the connection (the kernel does) and queues both; a pooled or
+// normally dialled connection would wait for the authentication's answer and
+// never send the script. It is for cancelling claims on nodes that may be
+// hung: the node runs the cancel when it resumes, even though the answer
+// never reaches us. EVAL, not EVALSHA: a node that restarted has no cache.
+func (n *node) evalQueued(s *script, base string, args ...any) (any, error) {
+	conn, err := redis.Dial("tcp", n.addr,
+		redis.DialConnectTimeout(n.timeout), redis.DialReadTimeout(n.timeout), redis.DialWriteTimeout(n.timeout))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	if n.password != "" {
+		auth := []any{n.password}
+		if n.username != "" {
+			auth = []any{n.username, n.password}
+		}
+		if err := conn.Send("AUTH", auth...); err != nil {
+			return nil, err
+		}
+	}
+	full := make([]any, 0, len(args)+3)
+	full = append(full, s.src, 1, base)
+	full = append(full, args...)
+	if err := conn.Send("EVAL", full...); err != nil {
+		return nil, err
+	}
+	if err := conn.Flush(); err != nil {
+		return nil, err
+	}
+	if n.password != "" {
+		if _, err := conn.Receive(); err != nil {
+			return nil, err
+		}
+	}
+	return conn.Receive()
 }
 
 func (n *node) ping() error {

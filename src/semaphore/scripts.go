@@ -3,9 +3,13 @@ package semaphore
 // Keys on a node, for a semaphore whose base key is B:
 //
 //	B:<slot>          the slot's holder id, with the lease TTL
-//	B:h:<holder>      the slot this holder claimed on this node, same TTL;
-//	                  it makes a retried Acquire with the same holder id
-//	                  idempotent without scanning every slot.
+//	B:h:<holder>      "<slot>:<nonce>": the slot this holder claimed on this
+//	                  node and the acquisition that claimed it ("<slot>:"
+//	                  once renewed), same TTL. It makes a retried Acquire with
+//	                  the same holder id idempotent without scanning every
+//	                  slot, and lets a failed acquisition cancel its claim.
+//	B:c:<nonce>       a cancelled acquisition: its claims are refused, also
+//	                  the ones a hung node runs after it resumes.
 //
 // The scripts build slot keys from the base key instead of receiving all N
 // keys, so an Acquire on a semaphore of 1024 slots sends a few bytes, not
@@ -13,9 +17,10 @@ package semaphore
 // package supports.
 
 // acquireScript claims a slot for ARGV[1] with TTL ARGV[2] ms, scanning the
-// ARGV[3] slots starting at ARGV[4]. It answers {1, slot} when the holder
-// holds a slot (new or from an earlier attempt, whose TTL it refreshes) and
-// {0, fingerprints} when every slot is held by someone else: the first
+// ARGV[3] slots starting at ARGV[4], for the acquisition ARGV[5]. It answers
+// {1, slot} when the holder holds a slot (new or from an earlier attempt,
+// whose TTL it refreshes), {2, 0} when the acquisition was cancelled here,
+// and {0, fingerprints} when every slot is held by someone else: the first
 // fpLen characters of each slot's holder, slot after slot. Fingerprints let
 // the client tell a semaphore that is full (every slot held by one holder on
 // a quorum) from one whose slots are only claimed, one node each, by
@@ -26,14 +31,18 @@ local holder = ARGV[1]
 local ttl = ARGV[2]
 local size = tonumber(ARGV[3])
 local start = tonumber(ARGV[4])
+local claim = ':' .. ARGV[5]
+if redis.call('EXISTS', base .. ':c:' .. ARGV[5]) == 1 then
+  return {2, 0}
+end
 local hkey = base .. ':h:' .. holder
 local mine = redis.call('GET', hkey)
 if mine then
-  local skey = base .. ':' .. mine
-  if redis.call('GET', skey) == holder then
-    redis.call('PEXPIRE', skey, ttl)
-    redis.call('PEXPIRE', hkey, ttl)
-    return {1, tonumber(mine)}
+  local slot = string.match(mine, '^%d+')
+  if slot and tonumber(slot) < size and redis.call('GET', base .. ':' .. slot) == holder then
+    redis.call('PEXPIRE', base .. ':' .. slot, ttl)
+    redis.call('SET', hkey, slot .. claim, 'PX', ttl)
+    return {1, tonumber(slot)}
   end
 end
 for i = 0, size - 1 do
@@ -41,7 +50,7 @@ for i = 0, size - 1 do
   local skey = base .. ':' .. s
   if redis.call('EXISTS', skey) == 0 then
     redis.call('SET', skey, holder, 'PX', ttl)
-    redis.call('SET', hkey, s, 'PX', ttl)
+    redis.call('SET', hkey, s .. claim, 'PX', ttl)
     return {1, s}
   end
 end
@@ -65,7 +74,7 @@ local skey = base .. ':' .. ARGV[2]
 local v = redis.call('GET', skey)
 if v == holder then
   redis.call('PEXPIRE', skey, ARGV[3])
-  redis.call('SET', base .. ':h:' .. holder, ARGV[2], 'PX', ARGV[3])
+  redis.call('SET', base .. ':h:' .. holder, ARGV[2] .. ':', 'PX', ARGV[3])
   return 1
 end
 if v then
@@ -81,7 +90,7 @@ const repairScript = `
 local base = KEYS[1]
 local holder = ARGV[1]
 if redis.call('SET', base .. ':' .. ARGV[2], holder, 'NX', 'PX', ARGV[3]) then
-  redis.call('SET', base .. ':h:' .. holder, ARGV[2], 'PX', ARGV[3])
+  redis.call('SET', base .. ':h:' .. holder, ARGV[2] .. ':', 'PX', ARGV[3])
   return 1
 end
 return 0
@@ -96,7 +105,8 @@ local skey = base .. ':' .. ARGV[2]
 if redis.call('GET', skey) == holder then
   redis.call('DEL', skey)
   local hkey = base .. ':h:' .. holder
-  if redis.call('GET', hkey) == ARGV[2] then
+  local mine = redis.call('GET', hkey)
+  if mine and string.match(mine, '^%d+') == ARGV[2] then
     redis.call('DEL', hkey)
   end
   return 1
@@ -138,17 +148,48 @@ return table.concat(fps)
 `
 
 // claimScript claims exactly slot ARGV[2] for ARGV[1] with TTL ARGV[3] ms,
-// when it is free or already this holder's. Answers 1 claimed, 0 held by
-// another holder. Acquire uses it to follow the slot an arbiter node chose.
+// for the acquisition ARGV[4], when it is free or already this holder's.
+// Answers 1 claimed, 0 held by another holder, -1 the acquisition was
+// cancelled here. Acquire uses it to follow the slot an arbiter node chose.
 const claimScript = `
 local base = KEYS[1]
 local holder = ARGV[1]
+if redis.call('EXISTS', base .. ':c:' .. ARGV[4]) == 1 then
+  return -1
+end
 local skey = base .. ':' .. ARGV[2]
 local v = redis.call('GET', skey)
 if v and v ~= holder then
   return 0
 end
 redis.call('SET', skey, holder, 'PX', ARGV[3])
-redis.call('SET', base .. ':h:' .. holder, ARGV[2], 'PX', ARGV[3])
+redis.call('SET', base .. ':h:' .. holder, ARGV[2] .. ':' .. ARGV[4], 'PX', ARGV[3])
 return 1
+`
+
+// cancelScript cancels the acquisition ARGV[2] of holder ARGV[1] on this
+// node: it deletes the claim that acquisition made here, if any, and keeps a
+// mark for ARGV[3] ms (the lease TTL) that makes the acquire and claim
+// scripts refuse it. The order in which a resumed node runs the claim and the
+// cancel does not matter. (A node hung for longer than the TTL can still run
+// a stale claim after the mark expired; it then holds one slot on that node
+// only, for one TTL.) Answers 1 when a claim was deleted.
+const cancelScript = `
+local base = KEYS[1]
+local holder = ARGV[1]
+redis.call('SET', base .. ':c:' .. ARGV[2], '1', 'PX', ARGV[3])
+local hkey = base .. ':h:' .. holder
+local mine = redis.call('GET', hkey)
+if mine then
+  local slot, nonce = string.match(mine, '^(%d+):(.*)$')
+  if nonce == ARGV[2] then
+    local skey = base .. ':' .. slot
+    if redis.call('GET', skey) == holder then
+      redis.call('DEL', skey)
+    end
+    redis.call('DEL', hkey)
+    return 1
+  end
+end
+return 0
 `

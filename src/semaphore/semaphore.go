@@ -187,6 +187,15 @@ func ValidHolderID(s string) bool {
 	return true
 }
 
+func (c *Client) indexOf(addr string) int {
+	for i, n := range c.nodes {
+		if n.addr == addr {
+			return i
+		}
+	}
+	return -1
+}
+
 func (c *Client) base(name string) string { return c.prefix + ":{" + name + "}" }
 
 func validate(name string, size int, ttl time.Duration) error {
