@@ -282,6 +282,43 @@ func parseAdmission(raw []byte) (admission, error) {
 	return a, nil
 }
 
+// sidecarEnv is the environment of the sidecar container a webhook's
+// answer injects, as "NAME=value" entries.
+func sidecarEnv(raw []byte) ([]string, error) {
+	var out struct {
+		Response struct {
+			Patch []byte `json:"patch"`
+		} `json:"response"`
+	}
+	if err := json.Unmarshal(raw, &out); err != nil {
+		return nil, err
+	}
+	var ops []struct {
+		Path  string          `json:"path"`
+		Value json.RawMessage `json:"value"`
+	}
+	if err := json.Unmarshal(out.Response.Patch, &ops); err != nil {
+		return nil, err
+	}
+	for _, op := range ops {
+		var c struct {
+			Name string `json:"name"`
+			Env  []struct {
+				Name, Value string
+			} `json:"env"`
+		}
+		if op.Path != "/spec/containers/-" || json.Unmarshal(op.Value, &c) != nil || c.Name != "prometheus-metrics-proxy" {
+			continue
+		}
+		var env []string
+		for _, e := range c.Env {
+			env = append(env, e.Name+"="+e.Value)
+		}
+		return env, nil
+	}
+	return nil, errors.New("no sidecar container in the patch")
+}
+
 // leaseCall runs one lease API call on one webhook, and on the next when
 // the first did not answer at all. A webhook's answer (even 503) is final.
 func (c *client) leaseCall(ctx context.Context, call func(context.Context, *leaseapi.Client) error) (failovers int, err error) {

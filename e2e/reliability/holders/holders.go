@@ -53,7 +53,7 @@ func (v Violation) String() string {
 	fmt.Fprintf(&b, "%s in %q at %s:", v.Kind, v.Semaphore, v.At.Format("15:04:05.000000"))
 	for _, iv := range v.Active {
 		fmt.Fprintf(&b, " [slot %d holder %.8s %s..%s]", iv.Slot, iv.Holder,
-			iv.From.Format("05.000000"), iv.To.Format("05.000000"))
+			iv.From.Format("04:05.000000"), iv.To.Format("04:05.000000"))
 	}
 	return b.String()
 }
