@@ -135,9 +135,9 @@ func (a admission) outcome() string {
 }
 
 // outcomeCountedTwice is a no-quorum answer that names one failed node
-// twice: the known bug TestNoQuorumCountsEachFailedNodeOnce in
-// src/semaphore reproduces.
-const outcomeCountedTwice = "no quorum, one node counted twice (known bug)"
+// twice (a bug this test found, fixed; TestNoQuorumCountsEachFailedNodeOnce
+// in src/semaphore reproduces it): told apart so that a regression says so.
+const outcomeCountedTwice = "no quorum, one node counted twice"
 
 // outcomeStarved is a no-quorum answer under at most one fault whose only
 // failures besides the faulted node are timeouts of healthy nodes: the

@@ -130,8 +130,6 @@ func (r *run) worker(c *client, p pod, kind string) {
 		}
 		expected := outcome == "allowed" || (kind == "tight" && (outcome == "full" || outcome == "split"))
 		switch {
-		case outcome == outcomeCountedTwice && !runKnownBugs():
-			// Reported, reproduced in src/semaphore, counted in the figures.
 		case outcome == outcomeStarved:
 			// Counted, and bounded at the end of the run.
 		case oneNodeDown[label]:

@@ -165,7 +165,6 @@ func TestCheckerCatchesUnsafeRestarts(t *testing.T) {
 // lease just taken again, or the next pod gets the same slot while the
 // sidecar counts on it.
 func TestLostLeaseTakenAgainThroughTheLeaseAPI(t *testing.T) {
-	knownBug(t, "the background release of a lost lease deletes the same holder's new lease (see TestReacquiredLeaseSurvivesTheLostLeaseCleanup in src/semaphore)")
 	e := newEnv(t, envOptions{})
 	c, err := newClient(e)
 	if err != nil {

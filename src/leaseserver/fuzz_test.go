@@ -189,10 +189,12 @@ func FuzzLeaseAPI(f *testing.F) {
 
 		if carriesHolder(payload) {
 			// The capability was presented: whatever it did was allowed.
-			// Its background work ends before the lease is seeded again:
-			// a late clean-up of the same holder's lost lease would delete
-			// the new one (TestReacquiredLeaseSurvivesTheLostLeaseCleanup
-			// in src/semaphore, a known bug).
+			// Its background work ends before the lease is seeded again
+			// with the same holder id, so that the check after the next
+			// input judges that input alone (the same holder taking a slot
+			// again at once is tested by
+			// TestReacquiredLeaseSurvivesTheLostLeaseCleanup in
+			// src/semaphore).
 			newHandler(t)
 			seed(t)
 			return
