@@ -588,16 +588,19 @@ func (r *run) report(t *testing.T, loadTime time.Duration, violations int) {
 	stragglers := r.watch.stragglers
 	r.watch.mu.Unlock()
 	slices.Sort(freed)
-	injected := 0
+	injected, kinds := 0, []string{}
 	for _, f := range faultOrder {
-		injected += r.book.Injected(f)
+		if n := r.book.Injected(f); n > 0 && f != faultVanished {
+			injected += n
+			kinds = append(kinds, fmt.Sprintf("%s ×%d", f, n))
+		}
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "Run: %s of load, %d round(s), %d clients (%d on %q of size %d, %d on %q of size %d), GOMAXPROCS %d, race detector %v.\n\n",
 		loadTime.Round(time.Second), rounds(t), roomyClients+tightClients, roomyClients, roomy.name(), roomy.size,
 		tightClients, tight.name(), tight.size, runtime.GOMAXPROCS(0), raceEnabled)
 	fmt.Fprintf(&b, "- cycles (admitted, held, renewed, released): %d\n", r.cycles.Load())
-	fmt.Fprintf(&b, "- faults injected: %d\n", injected)
+	fmt.Fprintf(&b, "- faults injected: %d (%s), and %d sidecars vanished\n", injected, strings.Join(kinds, ", "), r.book.Injected(faultVanished))
 	fmt.Fprintf(&b, "- over-admissions: %d (holder intervals checked: %d)\n", violations, r.rec.Len())
 	fmt.Fprintf(&b, "- requests failed over to the other webhook: %d\n", r.failovers.Load())
 	fmt.Fprintf(&b, "- vanished sidecars: %d; slot seen free after vanishing: p50 %s, max %s (lease TTL %s, startup timeout %s); single-node stragglers after the TTL: %d\n\n",
