@@ -17,13 +17,23 @@ import (
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseapi"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/sidecar"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/sidecar/leasekeeper"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/sidecar/startuppages"
 )
 
 // leaseRequestTimeout bounds one call to the lease API; a renewal every
 // TTL/3 (10 s by default) leaves room for a retry within the TTL.
 const leaseRequestTimeout = 5 * time.Second
 
+// startupPagesDelay is when start-up is over: the sidecar listens and has
+// renewed its lease once, both within a second in practice. The pages of
+// the binary touched until then are dropped from its resident set (see
+// startuppages); what it needs later is mapped back as it runs.
+const startupPagesDelay = 2 * time.Second
+
 func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) int {
+	// Every package of the binary, the webhook's too, was initialised
+	// before this point; the pages that took are not the sidecar's to keep.
+	initPages, initErr := startuppages.Drop()
 	cfg, err := sidecar.ParseConfig(args, os.LookupEnv, os.ReadFile, stderr)
 	if errors.Is(err, sidecar.ErrHelp) {
 		return 0
@@ -33,6 +43,7 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) int {
 		return 2
 	}
 	logger := newLogger(stderr, cfg.LogFormat, cfg.LogLevel).With().Str("version", buildinfo.Version).Logger()
+	logDroppedPages(logger, "initialisation", initPages, initErr)
 
 	var api leasekeeper.API
 	if cfg.Lease != nil {
@@ -56,6 +67,12 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) int {
 		logger.Error().Err(err).Str("listen_address", cfg.ListenAddress).Msg("The sidecar cannot listen.")
 		return 1
 	}
+
+	dropPages := time.AfterFunc(startupPagesDelay, func() {
+		maps, err := startuppages.Drop()
+		logDroppedPages(logger, "start-up", maps, err)
+	})
+	defer dropPages.Stop()
 
 	// The signal's name goes into the log, hence a handler of our own next
 	// to the one of main, which only cancels.
@@ -84,6 +101,18 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+func logDroppedPages(logger zerolog.Logger, stage string, maps []startuppages.Mapping, err error) {
+	if err != nil {
+		logger.Debug().Err(err).Str("stage", stage).Msg("The binary's pages could not be dropped from the resident set.")
+		return
+	}
+	var size uintptr
+	for _, m := range maps {
+		size += m.End - m.Start
+	}
+	logger.Debug().Str("stage", stage).Uint64("mapped_kib", uint64(size>>10)).Msg("Dropped the binary's pages from the resident set.")
 }
 
 func signalName(sig os.Signal) string {
