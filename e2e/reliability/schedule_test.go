@@ -16,7 +16,7 @@ const (
 	faultNodeKilled = "redis node killed, restarted from AOF"
 	faultNodePaused = "redis node paused (SIGSTOP)"
 	faultSlowNode   = "redis node slow (+40 ms each way)"
-	faultHungLink   = "redis node slower than the timeout (+400 ms)"
+	faultHungLink   = "redis node slower than the timeout (2× it each way)"
 	faultDrops      = "redis connections cut and refused"
 	faultWebhook    = "webhook process killed (SIGKILL)"
 	faultTwoPaused  = "two redis nodes paused"
