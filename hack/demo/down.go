@@ -25,6 +25,9 @@ const (
 var ours = map[string]bool{
 	"etcd": true, "kube-apiserver": true, "kube-controller-manager": true,
 	"redis-server": true, "prometheus-metrics-proxy-hook": true,
+	// Debian's redis-server is a symlink to redis-check-rdb, which is what
+	// /proc/PID/exe names.
+	"redis-check-rdb": true,
 }
 
 // down stops the daemon (which stops everything it started) and makes sure
@@ -102,22 +105,13 @@ func sweep(cfg config) int {
 	if err != nil {
 		return 0
 	}
-	dir := string(cfg.dir) + string(os.PathSeparator)
 	n := 0
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
+		if err != nil || pid == os.Getpid() || !isDemoProcess(pid, string(cfg.dir)) {
 			continue
 		}
-		exe, err := os.Readlink(filepath.Join("/proc", e.Name(), "exe"))
-		if err != nil || !ours[filepath.Base(strings.TrimSuffix(exe, " (deleted)"))] {
-			continue
-		}
-		cwd, _ := os.Readlink(filepath.Join("/proc", e.Name(), "cwd"))
-		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if !strings.HasPrefix(cwd+string(os.PathSeparator), dir) && !strings.Contains(string(cmdline), dir) {
-			continue
-		}
+		exe, _ := os.Readlink(filepath.Join("/proc", e.Name(), "exe"))
 		fmt.Printf("  killing %s (pid %d), left behind\n", filepath.Base(exe), pid)
 		if err := syscall.Kill(pid, syscall.SIGKILL); err == nil {
 			n++
@@ -126,15 +120,47 @@ func sweep(cfg config) int {
 	return n
 }
 
+// isDemoProcess tells whether pid runs one of ours with its working
+// directory or a path on its command line in the state directory.
+func isDemoProcess(pid int, dir string) bool {
+	proc := filepath.Join("/proc", strconv.Itoa(pid))
+	exe, err := os.Readlink(filepath.Join(proc, "exe"))
+	if err != nil || !ours[filepath.Base(strings.TrimSuffix(exe, " (deleted)"))] {
+		return false
+	}
+	// A zombie is dead already; its parent (or init) reaps it.
+	if stat, err := os.ReadFile(filepath.Join(proc, "stat")); err == nil {
+		if f := strings.Fields(string(stat)); len(f) > 2 && f[2] == "Z" {
+			return false
+		}
+	}
+	dir += string(os.PathSeparator)
+	cwd, _ := os.Readlink(filepath.Join(proc, "cwd"))
+	cmdline, _ := os.ReadFile(filepath.Join(proc, "cmdline"))
+	return strings.HasPrefix(cwd+string(os.PathSeparator), dir) || strings.Contains(string(cmdline), dir)
+}
+
 // cleanLeftovers removes what a daemon that was killed (SIGKILL, a crash)
 // could not: the control plane's working directory, and etcd's data
 // directory on tmpfs, whose path only etcd's command line knows, which
 // kubetest writes as the first line of etcd's log.
 func cleanLeftovers(cfg config) error {
-	logs, err := filepath.Glob(cfg.dir.path("tmp", "kubetest-*", "etcd", "etcd.log"))
-	if err != nil {
-		return err
+	for _, d := range etcdDataDirs(cfg) {
+		if err := os.RemoveAll(d); err != nil {
+			return fmt.Errorf("cannot remove etcd's data directory %s: %w", d, err)
+		}
 	}
+	if err := os.RemoveAll(cfg.dir.path("tmp")); err != nil {
+		return fmt.Errorf("cannot remove the control plane's working directory: %w", err)
+	}
+	return nil
+}
+
+// etcdDataDirs are the tmpfs directories of the etcd processes the demo
+// started, read from the command lines kubetest writes atop etcd's logs.
+func etcdDataDirs(cfg config) []string {
+	logs, _ := filepath.Glob(cfg.dir.path("tmp", "kubetest-*", "etcd", "etcd.log"))
+	var out []string
 	for _, l := range logs {
 		data, err := os.ReadFile(l)
 		if err != nil {
@@ -142,20 +168,12 @@ func cleanLeftovers(cfg config) error {
 		}
 		first, _, _ := strings.Cut(string(data), "\n")
 		for _, arg := range strings.Fields(first) {
-			dataDir, ok := strings.CutPrefix(arg, "--data-dir=")
-			if !ok {
-				continue
-			}
-			parent := filepath.Dir(dataDir)
-			if strings.HasPrefix(parent, "/dev/shm/kubetest-etcd-") {
-				if err := os.RemoveAll(parent); err != nil {
-					return fmt.Errorf("cannot remove etcd's data directory %s: %w", parent, err)
+			if dataDir, ok := strings.CutPrefix(arg, "--data-dir="); ok {
+				if parent := filepath.Dir(dataDir); strings.HasPrefix(parent, "/dev/shm/kubetest-etcd-") {
+					out = append(out, parent)
 				}
 			}
 		}
 	}
-	if err := os.RemoveAll(cfg.dir.path("tmp")); err != nil {
-		return fmt.Errorf("cannot remove the control plane's working directory: %w", err)
-	}
-	return nil
+	return out
 }
