@@ -416,3 +416,75 @@ func TestFindUID(t *testing.T) {
 		}
 	}
 }
+
+// TestReadWireAgreesWithEncodingJSON checks the one-pass reader against
+// encoding/json on answers written in other legal ways, and that it
+// rejects what is not JSON.
+func TestReadWireAgreesWithEncodingJSON(t *testing.T) {
+	const uid = "u-1"
+	valid := []string{
+		answer(uid, true, "[]", ""),
+		answer(uid, false, "", full),
+		` { "kind" : "AdmissionReview" , "apiVersion":"admission.k8s.io/v1", "response" : { "allowed" : true , "uid":"u-1" } } `,
+		`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","extra":{"a":[1,2.5,-3e+2,true,false,null,"x\"y"]},"response":{"uid":"u-1","allowed":true,"warnings":["w"],"auditAnnotations":{"k":"v"}}}`,
+		`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"u\u0069d":"u-1","allowed":true}}`,
+		`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"u\u002d1","allowed":true}}`,
+		`{"apiVersion":"admission.k8s.io\/v1","kind":"AdmissionReview","response":{"uid":"u-1","allowed":true}}`,
+		`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"x","uid":"u-1","allowed":false,"allowed":true}}`,
+		`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"u-1","allowed":true,"patchType":null,"patch":null,"status":null}}`,
+	}
+	for _, body := range valid {
+		var w wire
+		if err := readWire([]byte(body), &w); err != nil {
+			t.Errorf("readWire(%s): %v", body, err)
+			continue
+		}
+		var j struct {
+			APIVersion string
+			Kind       string
+			Response   *struct {
+				UID     string
+				Allowed bool
+			}
+		}
+		if err := json.Unmarshal([]byte(body), &j); err != nil {
+			t.Fatalf("the case %s is not JSON: %v", body, err)
+		}
+		uid, _ := unescape(w.uid)
+		if !w.uidEscaped {
+			uid = string(w.uid)
+		}
+		if w.apiVersion != j.APIVersion || w.kind != j.Kind || !w.response || uid != j.Response.UID || w.allowed != j.Response.Allowed {
+			t.Errorf("readWire(%s) = %+v, encoding/json %+v", body, w, j)
+		}
+	}
+	invalid := []string{
+		``, `{`, `{"apiVersion":}`, `{"apiVersion":"x",}`, `{"apiVersion":"x"} x`, `{"a":01}`, `{"a":1.}`, `{"a":-}`,
+		`{"a":"\x"}`, "{\"a\":\"\x01\"}", `{"a":tru}`, `{"a":[1,]}`, `{"a" 1}`, `{"a":"\u12"}`, `{"a":1}{`,
+	}
+	for _, body := range invalid {
+		var w wire
+		if readWire([]byte(body), &w) == nil {
+			t.Errorf("readWire(%q) accepted it", body)
+		}
+		if json.Valid([]byte(body)) {
+			t.Errorf("the case %q is valid JSON", body)
+		}
+	}
+	// Valid JSON, not an answer.
+	var w wire
+	if readWire([]byte(`["x"]`), &w) == nil {
+		t.Error("readWire accepted an array")
+	}
+}
+
+func FuzzReadWire(f *testing.F) {
+	f.Add([]byte(answer("u-1", true, slotOps, "")))
+	f.Add([]byte(answer("u-1", false, "", full)))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var w wire
+		if readWire(body, &w) == nil && !json.Valid(body) {
+			t.Errorf("readWire accepted invalid JSON %q", body)
+		}
+	})
+}

@@ -407,10 +407,10 @@ func (r *runner) openLoop(ctx context.Context, end time.Duration) {
 
 // worker holds one request's buffers, reused from request to request.
 type worker struct {
-	body, answer []byte
-	vars         Vars
-	gotConn      time.Time
-	trace        *httptrace.ClientTrace
+	body, answer, patch []byte
+	vars                Vars
+	gotConn             time.Time
+	trace               *httptrace.ClientTrace
 }
 
 func newWorker() *worker {
@@ -464,7 +464,7 @@ func (r *runner) do(ctx context.Context, w *worker, seq uint64, scheduled time.D
 		kind = "error"
 		err = fmt.Errorf("HTTP %d: %s", status, truncate(w.answer, 200))
 	default:
-		if a, err = ParseAnswer(w.answer, UID(&w.vars), r.semaphore); err != nil {
+		if a, err = parseAnswer(w.answer, UID(&w.vars), r.semaphore, &w.patch); err != nil {
 			kind = "invalid"
 		} else if err = r.cfg.Expect.Check(a, r.semaphore); err != nil {
 			kind = "unexpected"

@@ -2,9 +2,11 @@ package loadtest
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -50,22 +52,6 @@ type Answer struct {
 	Holder string
 }
 
-type wireReview struct {
-	APIVersion string `json:"apiVersion"`
-	Kind       string `json:"kind"`
-	Response   *struct {
-		UID       string  `json:"uid"`
-		Allowed   bool    `json:"allowed"`
-		PatchType *string `json:"patchType"`
-		Patch     []byte  `json:"patch"`
-		Status    *struct {
-			Code    int    `json:"code"`
-			Reason  string `json:"reason"`
-			Message string `json:"message"`
-		} `json:"status"`
-	} `json:"response"`
-}
-
 type patchOp struct {
 	Op    string          `json:"op"`
 	Path  string          `json:"path"`
@@ -78,56 +64,90 @@ var errInvalid = errors.New("invalid answer")
 
 // ParseAnswer reads and checks an AdmissionReview v1 response: the uid must
 // be echoed, a patch must come with patchType JSONPatch and be a JSON
-// array of operations, a denial must carry a status with a code and a
-// message. With slots set, the semaphore annotations are read from the
-// patch.
+// array, a denial must carry a status with a code and a message. With
+// slots set, the semaphore annotations are read from the patch.
 func ParseAnswer(body []byte, wantUID string, slots bool) (Answer, error) {
+	var scratch []byte
+	return parseAnswer(body, wantUID, slots, &scratch)
+}
+
+// wire is what parseAnswer reads of an answer.
+type wire struct {
+	apiVersion, kind string
+	response         bool
+	uid              []byte
+	uidEscaped       bool
+	allowed          bool
+	patchType        *string
+	patch            []byte
+	patchEscaped     bool
+	status           bool
+	code             int
+	reason, message  string
+}
+
+// parseAnswer is ParseAnswer with a buffer for the decoded patch, which
+// workers reuse from answer to answer.
+func parseAnswer(body []byte, wantUID string, slots bool, scratch *[]byte) (Answer, error) {
 	a := Answer{Slot: -1}
-	var w wireReview
-	if err := json.Unmarshal(body, &w); err != nil {
+	var w wire
+	if err := readWire(body, &w); err != nil {
 		return a, fmt.Errorf("%w: not JSON: %w", errInvalid, err)
 	}
 	switch {
-	case w.APIVersion != "admission.k8s.io/v1" || w.Kind != "AdmissionReview":
-		return a, fmt.Errorf("%w: apiVersion %q kind %q, want admission.k8s.io/v1 AdmissionReview", errInvalid, w.APIVersion, w.Kind)
-	case w.Response == nil:
+	case w.apiVersion != "admission.k8s.io/v1" || w.kind != "AdmissionReview":
+		return a, fmt.Errorf("%w: apiVersion %q kind %q, want admission.k8s.io/v1 AdmissionReview", errInvalid, w.apiVersion, w.kind)
+	case !w.response:
 		return a, fmt.Errorf("%w: no response", errInvalid)
-	case w.Response.UID != wantUID:
-		return a, fmt.Errorf("%w: uid %q, want %q", errInvalid, w.Response.UID, wantUID)
+	case !sameUID(w.uid, w.uidEscaped, wantUID):
+		return a, fmt.Errorf("%w: uid %q, want %q", errInvalid, w.uid, wantUID)
 	}
-	r := w.Response
-	a.Allowed = r.Allowed
-	if r.Status != nil {
-		a.Code, a.Reason, a.Message = r.Status.Code, r.Status.Reason, r.Status.Message
+	a.Allowed = w.allowed
+	if w.status {
+		a.Code, a.Reason, a.Message = w.code, w.reason, w.message
 	}
-	if !r.Allowed && (r.Status == nil || r.Status.Code < 400 || r.Status.Message == "") {
+	if !w.allowed && (!w.status || w.code < 400 || w.message == "") {
 		return a, fmt.Errorf("%w: a denial without a status code and message", errInvalid)
 	}
-	if (r.PatchType != nil) != (len(r.Patch) > 0) {
+	if (w.patchType != nil) != (len(w.patch) > 0) {
 		return a, fmt.Errorf("%w: patchType and patch must come together", errInvalid)
 	}
-	if len(r.Patch) == 0 {
+	if len(w.patch) == 0 {
 		return a, nil
 	}
 	a.Patched = true
-	if *r.PatchType != "JSONPatch" {
-		return a, fmt.Errorf("%w: patchType %q, want JSONPatch", errInvalid, *r.PatchType)
+	if *w.patchType != "JSONPatch" {
+		return a, fmt.Errorf("%w: patchType %q, want JSONPatch", errInvalid, *w.patchType)
 	}
-	if !r.Allowed {
+	if !w.allowed {
 		return a, fmt.Errorf("%w: a denial with a patch", errInvalid)
 	}
-	if !json.Valid(r.Patch) || r.Patch[0] != '[' {
+	encoded := w.patch
+	if w.patchEscaped {
+		v, err := unescape(encoded)
+		if err != nil {
+			return a, fmt.Errorf("%w: the patch is not base64", errInvalid)
+		}
+		encoded = []byte(v)
+	}
+	buf := slices.Grow((*scratch)[:0], base64.StdEncoding.DecodedLen(len(encoded)))
+	n, err := base64.StdEncoding.Decode(buf[:cap(buf)], encoded)
+	if err != nil {
+		return a, fmt.Errorf("%w: the patch is not base64: %w", errInvalid, err)
+	}
+	patch := buf[:n]
+	*scratch = buf
+	ps := scanner{data: patch}
+	if ps.peek() != '[' || ps.skip() != nil || ps.end() != nil {
 		return a, fmt.Errorf("%w: the patch is not a JSON array", errInvalid)
 	}
 	if !slots {
 		return a, nil
 	}
 	// The webhook writes each annotation as one add operation, op, path
-	// and value in this order; finding them is far cheaper than decoding
-	// the patch, which would make the tool, not the webhook, the
-	// bottleneck. Any other shape is decoded.
-	if slot, ok := fastValue(r.Patch, slotPath); ok {
-		if holder, ok := fastValue(r.Patch, holderPath); ok {
+	// and value in this order; any other shape is decoded.
+	if slot, ok := fastValue(patch, slotPath); ok {
+		if holder, ok := fastValue(patch, holderPath); ok {
 			if n, err := strconv.Atoi(slot); err == nil && n >= 0 && holder != "" {
 				a.Slot, a.Holder = n, holder
 				return a, nil
@@ -135,13 +155,114 @@ func ParseAnswer(body []byte, wantUID string, slots bool) (Answer, error) {
 		}
 	}
 	var ops []patchOp
-	if err := json.Unmarshal(r.Patch, &ops); err != nil {
+	if err := json.Unmarshal(patch, &ops); err != nil {
 		return a, fmt.Errorf("%w: the patch is not a JSON array of operations: %w", errInvalid, err)
 	}
 	if err := readSlot(ops, &a); err != nil {
 		return a, err
 	}
 	return a, nil
+}
+
+func sameUID(raw []byte, escaped bool, want string) bool {
+	if !escaped {
+		return string(raw) == want
+	}
+	v, err := unescape(raw)
+	return err == nil && v == want
+}
+
+// readWire reads the answer's envelope in one pass; unknown fields are
+// checked and skipped, and a repeated field's last value wins, as with
+// encoding/json.
+func readWire(body []byte, w *wire) error {
+	s := scanner{data: body}
+	err := s.object(func(key []byte, esc bool) error {
+		var err error
+		switch {
+		case keyIs(key, esc, "apiVersion"):
+			w.apiVersion, err = s.optText()
+		case keyIs(key, esc, "kind"):
+			w.kind, err = s.optText()
+		case keyIs(key, esc, "response"):
+			w.response = !s.isNull()
+			if w.response {
+				err = readResponse(&s, w)
+			}
+		default:
+			err = s.skip()
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	return s.end()
+}
+
+func readResponse(s *scanner, w *wire) error {
+	return s.object(func(key []byte, esc bool) error {
+		if s.isNull() {
+			switch {
+			case keyIs(key, esc, "uid"):
+				w.uid, w.uidEscaped = nil, false
+			case keyIs(key, esc, "allowed"):
+				w.allowed = false
+			case keyIs(key, esc, "patchType"):
+				w.patchType = nil
+			case keyIs(key, esc, "patch"):
+				w.patch = nil
+			case keyIs(key, esc, "status"):
+				w.status = false
+			}
+			return nil
+		}
+		var err error
+		switch {
+		case keyIs(key, esc, "uid"):
+			w.uid, w.uidEscaped, err = s.str()
+		case keyIs(key, esc, "allowed"):
+			w.allowed, err = s.boolean()
+		case keyIs(key, esc, "patchType"):
+			var t string
+			t, err = s.text()
+			w.patchType = &t
+		case keyIs(key, esc, "patch"):
+			w.patch, w.patchEscaped, err = s.str()
+		case keyIs(key, esc, "status"):
+			w.status = true
+			err = readStatus(s, w)
+		default:
+			err = s.skip()
+		}
+		return err
+	})
+}
+
+func readStatus(s *scanner, w *wire) error {
+	return s.object(func(key []byte, esc bool) error {
+		var err error
+		switch {
+		case keyIs(key, esc, "code"):
+			if s.isNull() {
+				return nil
+			}
+			var num []byte
+			if num, err = s.number(); err != nil {
+				return err
+			}
+			if w.code, err = strconv.Atoi(string(num)); err != nil {
+				return errSyntax
+			}
+		case keyIs(key, esc, "reason"):
+			w.reason, err = s.optText()
+		case keyIs(key, esc, "message"):
+			w.message, err = s.optText()
+		default:
+			err = s.skip()
+		}
+		return err
+	})
 }
 
 var (

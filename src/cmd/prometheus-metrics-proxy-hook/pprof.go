@@ -11,12 +11,19 @@ import (
 	"net/http"
 	_ "net/http/pprof" // registers /debug/pprof on http.DefaultServeMux
 	"os"
+	"runtime"
+	"strconv"
 )
 
 func init() {
 	addr := os.Getenv("PMPH_PPROF_ADDRESS")
 	if addr == "" {
 		return
+	}
+	// PMPH_MEMPROFILE_RATE=1 records every allocation: exact heap
+	// profiles, at a cost.
+	if rate, err := strconv.Atoi(os.Getenv("PMPH_MEMPROFILE_RATE")); err == nil && rate > 0 {
+		runtime.MemProfileRate = rate
 	}
 	go func() { _ = http.ListenAndServe(addr, nil) }()
 }
