@@ -170,9 +170,13 @@ func (r *run) faultedAddr(label string) string {
 	return r.e.webhookRedis()[i]
 }
 
-// maxStarvedShare bounds the admissions that may fail because the machine
-// did not run healthy nodes within the per-node timeout.
-const maxStarvedShare = 0.01
+// maxStarved bounds, per fault and operation, the admissions that may fail
+// because the machine did not run healthy nodes within the per-node timeout:
+// a few, or 2%. A bug that makes healthy nodes time out does far more.
+const (
+	maxStarvedShare = 0.02
+	maxStarvedFew   = 3
+)
 
 // hold keeps an admitted lease for a while, then releases it, or vanishes.
 func (r *run) hold(c *client, p pod, a admission, began, ended time.Time) {
@@ -493,9 +497,9 @@ func TestFaultInjectionUnderLoad(t *testing.T) {
 
 	r.report(t, loadTime, len(violations))
 	for _, row := range r.book.Rows() {
-		if n := row.Outcomes[outcomeStarved]; n > 0 && float64(n) > maxStarvedShare*float64(row.Count) {
-			t.Errorf("%s under %q: %d of %d answers were no-quorum with healthy nodes timing out, above %.0f%%: more than a busy machine explains",
-				row.Op, row.Fault, n, row.Count, 100*maxStarvedShare)
+		if n := row.Outcomes[outcomeStarved]; n > maxStarvedFew && float64(n) > maxStarvedShare*float64(row.Count) {
+			t.Errorf("%s under %q: %d of %d answers were no-quorum with healthy nodes timing out, above %d and %.0f%%: more than a busy machine explains",
+				row.Op, row.Fault, n, row.Count, maxStarvedFew, 100*maxStarvedShare)
 		}
 	}
 	r.mu.Lock()
