@@ -21,7 +21,7 @@ const (
 	readHeaderTimeout = 5 * time.Second
 	readTimeout       = 15 * time.Second
 	// cutMargin covers scheduling on a loaded machine.
-	cutMargin = 3 * time.Second
+	cutMargin = 5 * time.Second
 )
 
 // slowClient is a connection that sends a little, slowly, and notices when
