@@ -155,7 +155,8 @@ func TestSlowClientsCannotHoldConnections(t *testing.T) {
 		if err != nil || !a.allowed {
 			t.Fatalf("review among slow clients: %s %q %v", a.outcome(), a.message, err)
 		}
-		if took := time.Since(began); took > 2*time.Second {
+		// Held up by the slow clients, it would wait for their 5 s timeout.
+		if took := time.Since(began); took > 4*time.Second {
 			t.Errorf("the review took %s among 50 slow clients", took)
 		}
 		for i, c := range slow {
