@@ -32,6 +32,9 @@ type review struct {
 	opted      bool
 	pod        podView
 	podErr     error
+
+	// kept holds uid and namespace once the body is given back (detach).
+	kept [96]byte
 }
 
 // isPodCreate reports whether the request is a Pod CREATE, the only one
