@@ -15,7 +15,7 @@ DEMO_TOOLS := kube-apiserver kube-controller-manager kubectl etcd redis-server
 .PHONY: demo
 demo: build
 	@hack/install-tools.sh $(DEMO_TOOLS)
-	@echo ">> building the demo (hack/demo)"
+	@echo ">> building the demo (hack/demo; it links the Helm SDK and client-go: a few minutes with a cold Go build cache, seconds afterwards)"
 	@$(GO) build -o $(DEMO_BIN) ./hack/demo
 	@$(DEMO_BIN) up --state-dir $(DEMO_STATE) --root $(ROOT) --webhook-binary $(BINARY)
 
