@@ -79,52 +79,82 @@ func render(res *results) string {
 	w("- Load scenarios: `pmph-loadtest run` for %s after %s of warm-up each; closed loop at concurrency %d, open loop at %d/s. ",
 		o.duration, o.warmup, closedConcurrency, openRate)
 	w("The webhook is the release build (`make build`), its Redis 3 nodes with `appendfsync always` (production settings), logging at info; ")
-	w("the floor is `pmph-loadtest floor` on the same certificate: `json` decodes the review with encoding/json (the trivial webhook), `none` only finds the uid.\n\n")
+	w("the floor is `pmph-loadtest floor` on the same certificate and TLS settings: `none` reads the body and finds the uid (the floor of the ratios), `json` decodes the review with encoding/json (the trivial webhook).\n\n")
 
-	w("#### Load scenarios\n\n")
-	w("Ratios are to the `json` floor of the same pod size and mode, measured in this run (`× floor`, `p99 × floor`); `× none` is to the `none` floor. ")
-	w("Latency is from the request's send (it had a connection) to the end of the answer; in the open loop, `sched p99` is from the scheduled time. ")
-	w("Memory is the webhook's after the scenario: VmHWM is its peak during the scenario (reset before each), MiB.\n\n")
-	w("| target | scenario | pod | mode | reviews/s | × floor | × none | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | p99 × floor | sched p99 ms | allowed | denied | errors | Redis scripts/review/node | VmHWM | VmRSS | RssAnon | ok |\n")
-	w("|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n")
+	w("#### Load scenarios: throughput and latency\n\n")
+	w("`× floor` is to the `none` floor (TLS, HTTP and reading the body: the least any webhook does) of the same pod size and mode, measured in this run; `× json` to the `json` floor (the trivial webhook that decodes the review with encoding/json). ")
+	w("Latency is from the request's send (it had a connection) to the end of the answer; in the open loop `sched p99` is from the scheduled time. ")
+	w("`errors` counts failed requests, answers that break the AdmissionReview contract and answers the scenario did not expect.\n\n")
+	w("| target | scenario | pod | mode | reviews/s | × floor | × json | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | p99 × floor | sched p99 ms | allowed | denied | errors | ok |\n")
+	w("|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n")
 	for _, r := range res.rows {
 		w("| %s | %s | %d KiB | %s ", r.target, r.name, r.size>>10, modeLabel(r.mode))
 		if r.res == nil {
-			w("| failed: %s |||||||||||||||||||\n", strings.ReplaceAll(r.err, "|", "/"))
+			w("| failed: %s |||||||||||||\n", strings.ReplaceAll(r.err, "|", "/"))
 			continue
 		}
 		x := r.res
-		fj, fn := floorOf(res.rows, r, "floor-json"), floorOf(res.rows, r, "floor-none")
-		tr, trn, pr := "-", "-", "-"
-		if fj != nil {
-			tr = ratio(x.Throughput, fj.res.Throughput)
-			pr = ratio(x.Latency.P99, fj.res.Latency.P99)
-		}
+		fn, fj := floorOf(res.rows, r, "floor-none"), floorOf(res.rows, r, "floor-json")
+		tr, trj, pr := "-", "-", "-"
 		if fn != nil {
-			trn = ratio(x.Throughput, fn.res.Throughput)
+			tr = ratio(x.Throughput, fn.res.Throughput)
+			pr = ratio(x.Latency.P99, fn.res.Latency.P99)
+		}
+		if fj != nil {
+			trj = ratio(x.Throughput, fj.res.Throughput)
 		}
 		sched := "-"
 		if x.Scheduled != nil {
 			sched = fmt.Sprintf("%.3f", x.Scheduled.P99)
 		}
-		scripts := "-"
-		if x.Redis != nil && x.Redis.PerReview > 0 {
-			scripts = fmt.Sprintf("%.3f", x.Redis.PerReview)
-			if x.Redis.NetReleases > 0 && x.Redis.NetReleases != x.Redis.PerReview {
-				scripts += fmt.Sprintf(" (%.3f net of releases)", x.Redis.NetReleases)
+		denied := fmt.Sprint(x.Denied)
+		if len(x.DeniedBy) > 0 {
+			denied += " " + codes(x.DeniedBy)
+		}
+		w("| %.0f | %s | %s | %.3f | %.3f | %.3f | %.3f | %.3f | %s | %s | %d | %s | %d | %s |\n",
+			x.Throughput, tr, trj, x.Latency.P50, x.Latency.P90, x.Latency.P99, x.Latency.P999, x.Latency.Max, pr, sched,
+			x.Allowed, denied, x.Errors+x.Invalid+x.Unexpected, okLabel(x.OK, r.err))
+	}
+	w("\n")
+
+	w("#### Load scenarios: what each review costs\n\n")
+	w("CPU time per review (user + system, µs) of the server (the webhook or the floor), of the 3 Redis nodes together and of the load tool, all on the same %d cores; ", m.cores)
+	w("Redis script calls per review per node and all Redis commands per review (INFO commandstats deltas; the scripts' own commands included); ")
+	w("the webhook's memory after the scenario (MiB): VmHWM is its peak during the scenario (reset before each), RssAnon its own memory, the rest of VmRSS the binary's pages.\n\n")
+	w("| target | scenario | pod | mode | CPU server | CPU Redis | CPU tool | scripts/review/node | commands/review | VmHWM | VmRSS | RssAnon |\n")
+	w("|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	for _, r := range res.rows {
+		if r.res == nil {
+			continue
+		}
+		x := r.res
+		scripts, commands := "-", "-"
+		if x.Redis != nil && x.Allowed+x.Denied > 0 {
+			var all int64
+			for _, c := range x.Redis.Commands {
+				all += c
+			}
+			if x.Redis.PerReview > 0 {
+				scripts = fmt.Sprintf("%.3f", x.Redis.PerReview)
+				if x.Redis.NetReleases > 0 && x.Redis.NetReleases != x.Redis.PerReview {
+					scripts += fmt.Sprintf(" (%.3f net of releases)", x.Redis.NetReleases)
+				}
+			}
+			if all > 0 {
+				commands = fmt.Sprintf("%.2f", float64(all)/float64(x.Allowed+x.Denied))
 			}
 		}
 		memCols := "- | - | -"
 		if r.mem != nil {
 			memCols = fmt.Sprintf("%s | %s | %s", mib(r.mem.VmHWM), mib(r.mem.VmRSS), mib(r.mem.RssAnon))
 		}
-		denied := fmt.Sprint(x.Denied)
-		if len(x.DeniedBy) > 0 {
-			denied += " " + codes(x.DeniedBy)
+		redis := "-"
+		if r.cpuRedis > 0 {
+			redis = fmt.Sprintf("%.0f", r.cpuRedis)
 		}
-		w("| %.0f | %s | %s | %.3f | %.3f | %.3f | %.3f | %.3f | %s | %s | %d | %s | %d | %s | %s | %s |\n",
-			x.Throughput, tr, trn, x.Latency.P50, x.Latency.P90, x.Latency.P99, x.Latency.P999, x.Latency.Max, pr, sched,
-			x.Allowed, denied, x.Errors+x.Invalid+x.Unexpected, scripts, memCols, okLabel(x.OK, r.err))
+		tool := x.ToolCPU * 1e6 / float64(max(1, x.Requests))
+		w("| %s | %s | %d KiB | %s | %.0f | %s | %.0f | %s | %s | %s |\n", r.target, r.name, r.size>>10, modeLabel(r.mode),
+			r.cpuServer, redis, tool, scripts, commands, memCols)
 	}
 	w("\n")
 
@@ -194,7 +224,7 @@ func renderTargets(b *strings.Builder, res *results) {
 		w("| %s reviews/s, closed c=%d | >= %.0f%% of the floor |", name, closedConcurrency, target*100)
 		for _, size := range sizes {
 			r := find(res.rows, "webhook", name, size, "closed")
-			f := find(res.rows, "floor-json", "floor", size, "closed")
+			f := find(res.rows, "floor-none", "floor", size, "closed")
 			if r == nil || f == nil {
 				w(" - |")
 				continue
@@ -211,7 +241,7 @@ func renderTargets(b *strings.Builder, res *results) {
 	w("| semaphore admission p99 at %d/s open loop (from send) | <= 2x the floor's p99 |", openRate)
 	for _, size := range sizes {
 		r := find(res.rows, "webhook", "semaphore-unique", size, "open")
-		f := find(res.rows, "floor-json", "floor", size, "open")
+		f := find(res.rows, "floor-none", "floor", size, "open")
 		if r == nil || f == nil {
 			w(" - |")
 			continue

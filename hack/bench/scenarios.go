@@ -81,6 +81,9 @@ type row struct {
 	mem      *memory
 	err      string
 	duration time.Duration
+	// cpu is CPU time per review, in µs: the server (webhook or floor)
+	// and the Redis nodes together.
+	cpuServer, cpuRedis float64
 }
 
 var (
@@ -129,6 +132,7 @@ func runScenario(ctx context.Context, o *options, e *env, s scenario, runID stri
 	r := row{scenario: s}
 	var url string
 	var wh *webhookProc
+	var server int
 	switch s.target {
 	case "webhook":
 		wh = e.webhook
@@ -136,9 +140,19 @@ func runScenario(ctx context.Context, o *options, e *env, s scenario, runID stri
 		wh = e.webhookLax
 	case "floor-json":
 		url = "https://" + e.floors["json"].addr + "/mutate"
+		server = e.floors["json"].pid()
 	case "floor-none":
 		url = "https://" + e.floors["none"].addr + "/mutate"
+		server = e.floors["none"].pid()
 	}
+	var redisPids []int
+	if wh != nil {
+		server = wh.pid()
+		for _, n := range wh.redis.Nodes {
+			redisPids = append(redisPids, n.Pid())
+		}
+	}
+	serverCPU0, redisCPU0 := cpuTicks(server), cpuTicks(redisPids...)
 	args := []string{"run", "--ca-file=" + filepath.Join(e.certDir, "ca.crt"),
 		"--duration=" + o.duration.String(), "--warmup=" + o.warmup.String(),
 		"--pod-bytes=" + strconv.Itoa(s.size), "--label=" + s.id(), "--run-id=" + runID}
@@ -175,6 +189,11 @@ func runScenario(ctx context.Context, o *options, e *env, s scenario, runID stri
 		if m, merr := readMemory(wh.pid()); merr == nil {
 			r.mem = &m
 		}
+	}
+	if r.res != nil && r.res.Requests > 0 {
+		perReview := func(ticks int64) float64 { return float64(ticks) * 1e6 / clockTicks / float64(r.res.Requests) }
+		r.cpuServer = perReview(cpuTicks(server) - serverCPU0)
+		r.cpuRedis = perReview(cpuTicks(redisPids...) - redisCPU0)
 	}
 	return r
 }
