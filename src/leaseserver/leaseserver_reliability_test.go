@@ -18,17 +18,41 @@ import (
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseapi"
 )
 
-// untouched checks that a lease is still held on every node by its holder
-// with at least minTTL left.
-func (e *env) untouched(t *testing.T, l leaseapi.Lease, size int, minTTL time.Duration) {
+// holding is the set of nodes that hold a lease now. An acquisition
+// returns once a quorum holds it; the last node may hold it later, or never
+// (it answered another slot to a racing acquisition first).
+func (e *env) holding(t *testing.T, l leaseapi.Lease, size int) map[int]bool {
+	t.Helper()
+	st, err := e.sem.Inspect(context.Background(), l.Name(), size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[int]bool{}
+	for i, h := range st.Slots[l.Slot].Holders {
+		if h == l.Holder {
+			out[i] = true
+		}
+	}
+	if len(out) < st.Quorum {
+		t.Fatalf("the lease %+v is held on %d nodes only, fewer than a quorum", l, len(out))
+	}
+	return out
+}
+
+// untouched checks that a lease is still held on every node that held it
+// before (held), owned on a quorum, with at least minTTL left everywhere.
+func (e *env) untouched(t *testing.T, l leaseapi.Lease, size int, held map[int]bool, minTTL time.Duration) {
 	t.Helper()
 	st, err := e.sem.Inspect(context.Background(), l.Name(), size)
 	if err != nil {
 		t.Fatal(err)
 	}
 	sl := st.Slots[l.Slot]
+	if sl.Holder != l.Holder {
+		t.Fatalf("slot %d is owned by %q, want %q", l.Slot, sl.Holder, l.Holder)
+	}
 	for i, h := range sl.Holders {
-		if h != l.Holder || sl.TTLs[i] < minTTL {
+		if held[i] && (h != l.Holder || sl.TTLs[i] < minTTL) {
 			t.Fatalf("slot %d on node %d: holder %q TTL %s; want %q with at least %s", l.Slot, i, h, sl.TTLs[i], l.Holder, minTTL)
 		}
 	}
@@ -37,6 +61,7 @@ func (e *env) untouched(t *testing.T, l leaseapi.Lease, size int, minTTL time.Du
 func TestMalformedHolderIDs(t *testing.T) {
 	e := newEnv(t)
 	victim := e.acquire(t, "team-a", "ids", 1)
+	held := e.holding(t, victim, 1)
 	raw := func(holder string) string {
 		return `{"namespace":"team-a","key":"ids","slot":0,"holder":` + holder + `}`
 	}
@@ -76,7 +101,7 @@ func TestMalformedHolderIDs(t *testing.T) {
 				if resp.StatusCode != http.StatusBadRequest || json.Unmarshal(answer, &er) != nil || er.Reason != leaseapi.ReasonBadRequest {
 					t.Fatalf("%s: %d %s, want 400 BadRequest", body, resp.StatusCode, answer)
 				}
-				e.untouched(t, victim, 1, 4*time.Minute)
+				e.untouched(t, victim, 1, held, 4*time.Minute)
 			})
 		}
 	}
@@ -92,6 +117,7 @@ func TestHolderCannotActOnAnotherSlot(t *testing.T) {
 	if victim.Slot == attacker.Slot {
 		t.Fatal("two leases on one slot")
 	}
+	victimHeld, attackerHeld := e.holding(t, victim, 2), e.holding(t, attacker, 2)
 	at := func(edit func(*leaseapi.Lease)) leaseapi.Lease {
 		l := victim
 		l.Holder = attacker.Holder
@@ -130,8 +156,8 @@ func TestHolderCannotActOnAnotherSlot(t *testing.T) {
 			if err := tc.call(); (tc.want == nil && err != nil) || (tc.want != nil && !errors.Is(err, tc.want)) {
 				t.Fatalf("got %v, want %v", err, tc.want)
 			}
-			e.untouched(t, victim, 2, 4*time.Minute)
-			e.untouched(t, attacker, 2, 4*time.Minute)
+			e.untouched(t, victim, 2, victimHeld, 4*time.Minute)
+			e.untouched(t, attacker, 2, attackerHeld, 4*time.Minute)
 		})
 	}
 }
@@ -150,6 +176,7 @@ func TestReplaysAfterTheSlotChangedHands(t *testing.T) {
 	if current.Slot != old.Slot {
 		t.Fatalf("the new lease is on slot %d, the old one was on %d", current.Slot, old.Slot)
 	}
+	held := e.holding(t, current, 1)
 	for i := range 3 {
 		if released, err := e.client.Release(ctx, old); err != nil || released {
 			t.Fatalf("replayed release %d: released=%v err=%v, want nothing released", i, released, err)
@@ -157,6 +184,6 @@ func TestReplaysAfterTheSlotChangedHands(t *testing.T) {
 		if _, err := e.client.Renew(ctx, old); !errors.Is(err, leaseapi.ErrConflict) {
 			t.Fatalf("replayed renewal %d: %v, want 409 Conflict", i, err)
 		}
-		e.untouched(t, current, 1, 4*time.Minute)
+		e.untouched(t, current, 1, held, 4*time.Minute)
 	}
 }
