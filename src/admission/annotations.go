@@ -179,7 +179,9 @@ func planFor(pod *podView, sidecarPort int32) (*plan, *denial) {
 	}
 	if hasSize {
 		size, err := strconv.Atoi(rawSize)
-		if err != nil || size < 1 || size > semaphore.MaxSize {
+		// Digits only: Atoi also takes "+3", which reads like a relative
+		// change the annotation does not support.
+		if err != nil || !digits(rawSize) || size < 1 || size > semaphore.MaxSize {
 			return nil, invalid("annotation %s %q must be an integer from 1 to %d", AnnotationSemaphoreSize, rawSize, semaphore.MaxSize)
 		}
 		if !hasKey {
@@ -200,6 +202,15 @@ func planFor(pod *podView, sidecarPort int32) (*plan, *denial) {
 		}
 	}
 	return p, nil
+}
+
+func digits(s string) bool {
+	for i := range len(s) {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return s != ""
 }
 
 // parsePort accepts a port number or the name of a container port.

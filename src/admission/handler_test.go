@@ -113,6 +113,8 @@ func TestDenials(t *testing.T) {
 			`semaphore-size "ten" must be an integer from 1 to 1024`},
 		{"size negative", with(ann(AnnotationSemaphoreKey, "k", AnnotationSemaphoreSize, "-1")), 400,
 			`semaphore-size "-1" must be an integer from 1 to 1024`},
+		{"size with a sign", with(ann(AnnotationSemaphoreKey, "k", AnnotationSemaphoreSize, "+3")), 400,
+			`semaphore-size "+3" must be an integer from 1 to 1024`},
 		{"key without size", with(ann(AnnotationSemaphoreKey, "k")), 400,
 			AnnotationSemaphoreSize + ` is required with ` + AnnotationSemaphoreKey + ` "k"`},
 		{"size without key", with(ann(AnnotationSemaphoreSize, "3")), 400,
