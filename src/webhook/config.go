@@ -12,8 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"k8s.io/apimachinery/pkg/api/resource"
-
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/admission"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/semaphore"
 )
@@ -210,11 +208,11 @@ func ParseConfig(args []string, getenv func(string) string, usage io.Writer) (*C
 		if q.in == "" {
 			continue
 		}
-		v, err := resource.ParseQuantity(q.in)
-		if err != nil || v.Sign() <= 0 {
+		v, sign, err := canonicalQuantity(q.in)
+		if err != nil || sign <= 0 {
 			return nil, bad(q.name, q.in, "must be a positive Kubernetes quantity such as 10m, 16Mi or 0.5, or empty for none")
 		}
-		*q.out = v.String()
+		*q.out = v
 	}
 	if c.ShutdownDelay, err = duration(*delay, 0, time.Minute); err != nil {
 		return nil, bad("shutdown-delay", *delay, err.Error())
