@@ -473,7 +473,7 @@ func TestNeverScrapedExitsPromptly(t *testing.T) {
 	if took := sc.ExitedAt().Sub(signalled); took > time.Second {
 		t.Errorf("a sidecar that was never scraped took %s to exit", took)
 	}
-	if len(sc.Find("info", "No scrape was answered before the termination signal")) != 1 {
+	if len(sc.Find("info", "No scrape arrived before the termination signal")) != 1 {
 		t.Error("the log does not say why it did not wait")
 	}
 	if h, anyNode := f.holder(t, injected); h != "" || anyNode {

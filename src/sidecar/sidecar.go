@@ -165,7 +165,7 @@ func (s *Sidecar) terminate(cause error, srv *http.Server, serveErr <-chan error
 	plan := PlanTermination(s.cfg.GracePeriod, s.cfg.FinalScrapeWait)
 	exitBy := began.Add(plan.ExitWithin)
 	s.proxy.StartFinal()
-	scrapedBefore := s.proxy.ScrapesServed()
+	scrapedBefore := s.proxy.ScrapesArrived()
 	s.log.Info().Str("cause", causeText(cause)).Uint64("scrapes_before", scrapedBefore).
 		Dur("wait_bound", plan.WaitFor).Dur("exit_within", plan.ExitWithin).
 		Msg("Termination signal received: fetching the app's metrics once more and serving the last good body once the app stops answering.")
@@ -188,7 +188,7 @@ func (s *Sidecar) terminate(cause error, srv *http.Server, serveErr <-chan error
 	}()
 
 	if scrapedBefore == 0 {
-		s.log.Info().Msg("No scrape was answered before the termination signal, so the sidecar does not wait for a final one.")
+		s.log.Info().Msg("No scrape arrived before the termination signal, so the sidecar does not wait for a final one.")
 	} else {
 		timer := time.NewTimer(time.Until(began.Add(plan.WaitFor)))
 		select {

@@ -65,6 +65,7 @@ type Proxy struct {
 	copyBufs    sync.Pool
 
 	terminating atomic.Bool
+	arrived     atomic.Uint64
 	served      atomic.Uint64
 	finalOnce   sync.Once
 	final       chan struct{}
@@ -138,9 +139,17 @@ func (p *Proxy) FinalScrape() <-chan struct{} { return p.final }
 // ScrapesServed counts the scrapes of the metrics path answered in full.
 func (p *Proxy) ScrapesServed() uint64 { return p.served.Load() }
 
+// ScrapesArrived counts the scrapes of the metrics path received, answered
+// or not yet: one under way when the pod is told to stop means Prometheus
+// scrapes this pod, so a final scrape is worth waiting for.
+func (p *Proxy) ScrapesArrived() uint64 { return p.arrived.Load() }
+
 // ServeHTTP implements http.Handler.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	scrape := r.URL.Path == p.metricsPath && (r.Method == http.MethodGet || r.Method == http.MethodHead)
+	if scrape {
+		p.arrived.Add(1)
+	}
 	arrivedInFinal := p.terminating.Load()
 	v := variant{query: r.URL.RawQuery, accept: r.Header.Get("Accept"), acceptEncoding: r.Header.Get("Accept-Encoding")}
 

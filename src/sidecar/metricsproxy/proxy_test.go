@@ -495,3 +495,37 @@ func BenchmarkScrape(b *testing.B) {
 	b.Run("direct", func(b *testing.B) { scrape(b, upstream.URL+"/metrics") })
 	b.Run("proxied", func(b *testing.B) { scrape(b, proxy.URL+"/metrics") })
 }
+
+// TestProxyCountsAScrapeWhenItArrives: a scrape under way when the pod is
+// told to stop shows that Prometheus scrapes this pod; the sidecar then
+// waits for a final scrape, so the scrape must count before it is answered.
+func TestProxyCountsAScrapeWhenItArrives(t *testing.T) {
+	a := newApp(t)
+	p, proxy := newProxy(t, a.srv.URL+"/hang", proxyOpts{timeout: 2 * time.Second})
+	done := make(chan int, 1)
+	go func() {
+		resp, err := client().Get(proxy.URL + "/hang")
+		if err != nil {
+			done <- 0
+			return
+		}
+		resp.Body.Close()
+		done <- resp.StatusCode
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for p.ScrapesArrived() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the scrape under way was not counted as arrived")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := p.ScrapesServed(); n != 0 {
+		t.Fatalf("%d scrapes served while the only one is still waiting for the app", n)
+	}
+	if status := <-done; status != http.StatusGatewayTimeout {
+		t.Fatalf("status %d, want 504 from the hanging app", status)
+	}
+	if n := p.ScrapesArrived(); n != 1 {
+		t.Fatalf("%d scrapes arrived, want 1", n)
+	}
+}
