@@ -13,9 +13,10 @@ import (
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseapi"
 )
 
-// releaseWorkers is how many releases may be in flight; terminating pods
-// release independently of each other.
-const releaseWorkers = 8
+// defaultReleaseConcurrency is how many releases may be in flight by
+// default: terminating pods release independently of each other, and a
+// release loop that falls behind would let the semaphore fill up.
+const defaultReleaseConcurrency = 32
 
 // releaser gives admitted slots back through the lease API, as the
 // sidecars of terminating pods do, per a ReleasePolicy.
@@ -55,7 +56,11 @@ func leaseFor(v *Vars, key string, a Answer) leaseapi.Lease {
 }
 
 func (r *releaser) start() {
-	for range releaseWorkers {
+	workers := r.policy.Concurrency
+	if workers <= 0 {
+		workers = defaultReleaseConcurrency
+	}
+	for range workers {
 		r.workers.Add(1)
 		go func() {
 			defer r.workers.Done()

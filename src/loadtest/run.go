@@ -81,6 +81,8 @@ type Config struct {
 type ReleasePolicy struct {
 	After time.Duration
 	Above int
+	// Concurrency bounds the releases in flight; zero means 32.
+	Concurrency int
 }
 
 func (p ReleasePolicy) enabled() bool { return p.After > 0 || p.Above > 0 }

@@ -61,7 +61,7 @@ type loadFlags struct {
 	size, podBytes                                     int
 	expect                                             string
 	releaseAfter                                       time.Duration
-	releaseAbove                                       int
+	releaseAbove, releaseConcurrency                   int
 	leaseURL, redisAddrs, redisPasswordFile            string
 	inspectMax                                         int
 	cpuProfile                                         string
@@ -93,6 +93,7 @@ func parseLoadFlags(args []string, stderr io.Writer) (*loadFlags, error) {
 	fs.StringVar(&f.expect, "expect", "", "allowed, patched, patched-or-full or any (default: from the pod)")
 	fs.DurationVar(&f.releaseAfter, "release-after", 0, "release each admitted slot after holding it this long (0: not by time)")
 	fs.IntVar(&f.releaseAbove, "release-above", 0, "release the oldest slot when more than this many are held (0: not by count)")
+	fs.IntVar(&f.releaseConcurrency, "release-concurrency", 32, "releases in flight at most")
 	fs.StringVar(&f.leaseURL, "lease-url", "", "lease API base URL for releases (default: the URL's origin)")
 	fs.StringVar(&f.redisAddrs, "redis-addresses", "", "the webhook's Redis nodes: count commands per admission and read the semaphores back")
 	fs.StringVar(&f.redisPasswordFile, "redis-password-file", "", "file holding the Redis password")
@@ -171,7 +172,7 @@ func (f *loadFlags) config() (loadtest.Config, error) {
 		URL: f.url, CAPEM: ca, Mode: f.mode, Rate: f.rate, Concurrency: f.concurrency,
 		Duration: f.duration, Count: f.count, Warmup: f.warmup, Timeout: f.timeout, MaxInFlight: f.maxInFlight,
 		Body: tmpl, Vars: vars, Expect: expect,
-		Release:  loadtest.ReleasePolicy{After: f.releaseAfter, Above: f.releaseAbove},
+		Release:  loadtest.ReleasePolicy{After: f.releaseAfter, Above: f.releaseAbove, Concurrency: f.releaseConcurrency},
 		LeaseURL: f.leaseURL, InspectMax: f.inspectMax,
 	}
 	if f.redisAddrs != "" {

@@ -17,7 +17,7 @@ import (
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseapi"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/sidecar"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/sidecar/leasekeeper"
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/sidecar/startuppages"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/startuppages"
 )
 
 // leaseRequestTimeout bounds one call to the lease API; a renewal every
@@ -25,9 +25,10 @@ import (
 const leaseRequestTimeout = 5 * time.Second
 
 // startupPagesDelay is when start-up is over: the sidecar listens and has
-// renewed its lease once, both within a second in practice. The pages of
-// the binary touched until then are dropped from its resident set (see
-// startuppages); what it needs later is mapped back as it runs.
+// renewed its lease once, the webhook has loaded its certificates and
+// checked Redis, all within a second in practice. The pages of the binary
+// touched until then are dropped from the resident set (see startuppages);
+// what the process needs later is mapped back as it runs.
 const startupPagesDelay = 2 * time.Second
 
 func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) int {

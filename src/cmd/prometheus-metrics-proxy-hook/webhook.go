@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/startuppages"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/webhook"
 )
 
@@ -25,6 +27,13 @@ func runWebhook(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	logs := webhook.NewLogWriter(stderr)
 	defer logs.Close()
 	logger := webhook.NewLogger(logs, cfg.LogFormat, cfg.LogLevel)
+	// Start-up (flags, certificates, Redis, listeners) is over well within
+	// startupPagesDelay; its pages need not stay in the resident set.
+	dropPages := time.AfterFunc(startupPagesDelay, func() {
+		maps, err := startuppages.Drop()
+		logDroppedPages(logger, "start-up", maps, err)
+	})
+	defer dropPages.Stop()
 	if err := webhook.Run(ctx, cfg, logger); err != nil {
 		return 1
 	}

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/sidecar/startuppages"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/startuppages"
 )
 
 func TestReadOnlyMappings(t *testing.T) {
