@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -20,7 +21,10 @@ type env struct {
 	redis, redisLax *redistest.Cluster
 	webhook         *webhookProc
 	webhookLax      *webhookProc
-	floors          map[string]*floorProc
+	// webhookGOGC runs with GOGC lowered, against redis: what the garbage
+	// collector's setting does to memory and CPU.
+	webhookGOGC *webhookProc
+	floors      map[string]*floorProc
 }
 
 type webhookProc struct {
@@ -41,6 +45,9 @@ func (e *env) close() {
 	if e.webhookLax != nil {
 		e.webhookLax.stop()
 	}
+	if e.webhookGOGC != nil {
+		e.webhookGOGC.stop()
+	}
 	for _, f := range e.floors {
 		f.stop()
 	}
@@ -51,7 +58,7 @@ func (e *env) close() {
 	}
 }
 
-func startEnv(dir, webhookBin, loadtestBin string, lax bool) (*env, error) {
+func startEnv(dir, webhookBin, loadtestBin string, lax bool, gogc int) (*env, error) {
 	e := &env{dir: dir, floors: map[string]*floorProc{}}
 	ok := false
 	defer func() {
@@ -66,15 +73,20 @@ func startEnv(dir, webhookBin, loadtestBin string, lax bool) (*env, error) {
 	if e.redis, err = redistest.Start(redistest.Options{Nodes: 3, Dir: filepath.Join(dir, "redis")}); err != nil {
 		return nil, fmt.Errorf("starting Redis: %w", err)
 	}
-	if e.webhook, err = startWebhook(dir, "webhook", webhookBin, e.certDir, e.redis); err != nil {
+	if e.webhook, err = startWebhook(dir, "webhook", webhookBin, e.certDir, e.redis, nil); err != nil {
 		return nil, err
+	}
+	if gogc > 0 {
+		if e.webhookGOGC, err = startWebhook(dir, "webhook-gogc", webhookBin, e.certDir, e.redis, []string{"GOGC=" + strconv.Itoa(gogc)}); err != nil {
+			return nil, err
+		}
 	}
 	if lax {
 		if e.redisLax, err = redistest.Start(redistest.Options{Nodes: 3, Dir: filepath.Join(dir, "redis-everysec"),
 			ExtraArgs: []string{"--appendfsync", "everysec"}}); err != nil {
 			return nil, fmt.Errorf("starting Redis (everysec): %w", err)
 		}
-		if e.webhookLax, err = startWebhook(dir, "webhook-everysec", webhookBin, e.certDir, e.redisLax); err != nil {
+		if e.webhookLax, err = startWebhook(dir, "webhook-everysec", webhookBin, e.certDir, e.redisLax, nil); err != nil {
 			return nil, err
 		}
 	}
@@ -83,7 +95,7 @@ func startEnv(dir, webhookBin, loadtestBin string, lax bool) (*env, error) {
 		if err != nil {
 			return nil, err
 		}
-		p, err := startProc("floor-"+decode, filepath.Join(dir, "floor-"+decode+".log"), loadtestBin,
+		p, err := startProc("floor-"+decode, filepath.Join(dir, "floor-"+decode+".log"), nil, loadtestBin,
 			"floor", "--cert-dir", e.certDir, "--listen", addr, "--decode", decode)
 		if err != nil {
 			return nil, err
@@ -119,7 +131,7 @@ func writeCerts(dir string) (string, error) {
 	return dir, nil
 }
 
-func startWebhook(dir, name, bin, certDir string, redis *redistest.Cluster) (*webhookProc, error) {
+func startWebhook(dir, name, bin, certDir string, redis *redistest.Cluster, env []string) (*webhookProc, error) {
 	addrs := make([]string, 3)
 	for i := range addrs {
 		a, err := freeAddr()
@@ -132,7 +144,7 @@ func startWebhook(dir, name, bin, certDir string, redis *redistest.Cluster) (*we
 	if err := os.WriteFile(pw, []byte(redis.Password+"\n"), 0o600); err != nil {
 		return nil, err
 	}
-	p, err := startProc(name, filepath.Join(dir, name+".log"), bin, "webhook",
+	p, err := startProc(name, filepath.Join(dir, name+".log"), env, bin, "webhook",
 		"--listen-address="+addrs[0], "--metrics-address="+addrs[1], "--probe-address="+addrs[2],
 		"--cert-dir="+certDir, "--redis-addresses="+strings.Join(redis.Addrs(), ","),
 		"--redis-password-file="+pw, "--sidecar-image=prometheus-metrics-proxy-hook:bench",

@@ -30,6 +30,7 @@ type options struct {
 	duration, warmup           time.Duration
 	only                       *regexp.Regexp
 	micro, lax, sidecar, burst bool
+	gogc                       int
 	benchtime                  string
 }
 
@@ -58,6 +59,7 @@ func run(args []string) int {
 	fs.BoolVar(&o.lax, "everysec", true, "also run the semaphore scenarios on Redis with appendfsync everysec (labelled)")
 	fs.BoolVar(&o.burst, "burst", true, "run the burst-fill check (a shared key filled without releases)")
 	fs.StringVar(&o.benchtime, "benchtime", "1s", "-benchtime of the micro-benchmarks")
+	fs.IntVar(&o.gogc, "gogc", 50, "also run the memory-heavy scenarios on a webhook with this GOGC (labelled webhook-gogc<N>; 0: not)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
@@ -104,7 +106,7 @@ func serveEnv(ctx context.Context, o *options) error {
 	if err != nil {
 		return err
 	}
-	e, err := startEnv(dir, o.webhookBin, o.loadtestBin, o.lax)
+	e, err := startEnv(dir, o.webhookBin, o.loadtestBin, o.lax, o.gogc)
 	if err != nil {
 		return err
 	}

@@ -24,12 +24,15 @@ type proc struct {
 	done chan struct{}
 }
 
-func startProc(name, logPath, bin string, args ...string) (*proc, error) {
+// startProc starts bin with args; env is added to this process's
+// environment.
+func startProc(name, logPath string, env []string, bin string, args ...string) (*proc, error) {
 	log, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

@@ -56,7 +56,7 @@ func runAll(ctx context.Context, o *options) error {
 	if err != nil {
 		return err
 	}
-	e, err := startEnv(dir, o.webhookBin, o.loadtestBin, o.lax)
+	e, err := startEnv(dir, o.webhookBin, o.loadtestBin, o.lax, o.gogc)
 	if err != nil {
 		return err
 	}
@@ -67,7 +67,7 @@ func runAll(ctx context.Context, o *options) error {
 	}
 	defer raw.Close()
 
-	for i, s := range scenarios(o.lax) {
+	for i, s := range scenarios(o.lax, o.gogc) {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}

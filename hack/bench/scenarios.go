@@ -103,7 +103,7 @@ const (
 
 // scenarios lists the load runs: for each pod size and mode, the floor
 // first, then the webhook's paths.
-func scenarios(lax bool) []scenario {
+func scenarios(lax bool, gogc int) []scenario {
 	var out []scenario
 	for _, size := range sizes {
 		for _, mode := range modes {
@@ -117,6 +117,11 @@ func scenarios(lax bool) []scenario {
 			add("semaphore-unique", "webhook", "--annotated", "--semaphore=unique", "--size=10")
 			add("semaphore-shared", "webhook", "--annotated", "--semaphore=shared", "--size="+strconv.Itoa(sharedSize),
 				"--release-above="+strconv.Itoa(sharedReleaseAbove))
+			if gogc > 0 && mode == "closed" {
+				target := "webhook-gogc" + strconv.Itoa(gogc)
+				add("annotated", target, "--annotated")
+				add("semaphore-unique", target, "--annotated", "--semaphore=unique", "--size=10")
+			}
 			if lax && size == 2<<10 {
 				add("semaphore-unique", "webhook-everysec", "--annotated", "--semaphore=unique", "--size=10")
 				add("semaphore-shared", "webhook-everysec", "--annotated", "--semaphore=shared", "--size="+strconv.Itoa(sharedSize),
@@ -138,6 +143,10 @@ func runScenario(ctx context.Context, o *options, e *env, s scenario, runID stri
 		wh = e.webhook
 	case "webhook-everysec":
 		wh = e.webhookLax
+	default:
+		if strings.HasPrefix(s.target, "webhook-gogc") {
+			wh = e.webhookGOGC
+		}
 	case "floor-json":
 		url = "https://" + e.floors["json"].addr + "/mutate"
 		server = e.floors["json"].pid()
