@@ -73,8 +73,10 @@ func render(res *results) string {
 	w("- Load average (1/5/15 min) at the start %s, at the end %s; the run took %s.\n", m.loadStart, m.loadEnd,
 		res.finished.Sub(res.started).Round(1e9))
 	if m.fsyncP50 > 0 {
-		w("- Disk: a 256-byte append + fdatasync in the Redis directory (%s) takes p50 %s, p99 %s; with `appendfsync always` every write command waits for one.\n",
+		w("- Disk: a 256-byte append + fdatasync in the Redis directory (%s) takes p50 %s, p99 %s; with `appendfsync always` every write command waits for one. ",
 			m.fsyncFS, m.fsyncP50.Round(1e3), m.fsyncP99.Round(1e3))
+		w("The three Redis nodes share this one disk: of three such appends at once (one per node), the second, which a quorum waits for, completes at p50 %s, p99 %s.\n",
+			m.quorumP50.Round(1e3), m.quorumP99.Round(1e3))
 	}
 	w("- Load scenarios: `pmph-loadtest run` for %s after %s of warm-up each; closed loop at concurrency %d, open loop at %d/s. ",
 		o.duration, o.warmup, closedConcurrency, openRate)
