@@ -75,16 +75,16 @@ func (c *Client) newAcquisition(name string, size int, ttl time.Duration, holder
 }
 
 func (a *acquisition) run(ctx context.Context) (Lease, error) {
-	start := rand.IntN(a.size)
+	order := newProbe(a.size)
 	for attempt := 1; ; attempt++ {
 		var (
 			lease Lease
 			err   error
 		)
 		if attempt == 1 {
-			lease, err = a.parallel(ctx, start)
+			lease, err = a.parallel(ctx, order)
 		} else {
-			lease, err = a.arbitrated(ctx, start)
+			lease, err = a.arbitrated(ctx, order)
 		}
 		if err != errSplit {
 			return lease, err
@@ -104,10 +104,10 @@ func (a *acquisition) run(ctx context.Context) (Lease, error) {
 				return Lease{}, &NoQuorumError{Op: "acquire", Quorum: a.c.quorum, Nodes: len(a.c.nodes), Split: true, Attempts: attempt}
 			}
 		}
-		start = rand.IntN(a.size)
+		order = newProbe(a.size)
 		// A short random pause keeps racing acquirers from colliding again in
 		// lockstep; it stays far below the node timeout.
-		if err := pause(ctx, time.Duration(rand.Int64N(int64(attempt)*int64(time.Millisecond)))); err != nil {
+		if err := pause(ctx, time.Duration(rand.Int64N(int64(min(time.Duration(attempt)*time.Millisecond, maxPause))))); err != nil {
 			return Lease{}, fmt.Errorf("acquiring a slot of semaphore %q: %w", a.name, err)
 		}
 	}
@@ -172,14 +172,14 @@ func (a *acquisition) cancelled(ctx context.Context) error {
 // round trips instead of one, only under contention. The arbiter is the
 // first node that answers, in configuration order, so that every retrying
 // acquirer, whatever its attempt, is serialised by the same node.
-func (a *acquisition) arbitrated(ctx context.Context, start int) (Lease, error) {
+func (a *acquisition) arbitrated(ctx context.Context, order probe) (Lease, error) {
 	c := a.c
 	m := len(c.nodes)
 	began := time.Now()
 	var failures []NodeError
 	arbiter, slot := -1, -1
 	for idx := range m {
-		v, err := c.nodes[idx].eval(c.scripts.acquire, a.base, a.holder, a.ttlMS, a.size, start, a.nonce)
+		v, err := c.nodes[idx].eval(c.scripts.acquire, a.base, a.holder, a.ttlMS, a.size, order.start, a.nonce, order.stride)
 		c.metrics.observeNode(c.nodes[idx].addr, err)
 		claimed, err := parseAcquire(v, err, a.size)
 		if err != nil {
@@ -276,13 +276,13 @@ func (a *acquisition) arbitrated(ctx context.Context, start int) (Lease, error) 
 var errSplit = &NoQuorumError{Split: true}
 
 // parallel is one parallel round: every node runs the acquire script with
-// the same rotation start, and the answer is returned as soon as the outcome
+// the same probe order, and the answer is returned as soon as the outcome
 // is decided; late answers are handled in the background.
-func (a *acquisition) parallel(ctx context.Context, start int) (Lease, error) {
+func (a *acquisition) parallel(ctx context.Context, order probe) (Lease, error) {
 	c := a.c
 	began := time.Now()
 	replies := c.fanout(func(n *node) (any, error) {
-		return n.eval(c.scripts.acquire, a.base, a.holder, a.ttlMS, a.size, start, a.nonce)
+		return n.eval(c.scripts.acquire, a.base, a.holder, a.ttlMS, a.size, order.start, a.nonce, order.stride)
 	})
 
 	m := len(c.nodes)
@@ -370,9 +370,11 @@ func (a *acquisition) parallel(ctx context.Context, start int) (Lease, error) {
 		case len(failures) > m-c.quorum:
 			lose(remaining, false)
 			return Lease{}, &NoQuorumError{Op: "acquire", Quorum: c.quorum, Nodes: m, Failures: failures}
-		case bestCount == 0 && heldOnQuorum(fingerprints, a.size, c.quorum):
-			// Every slot is owned by one holder on a quorum: full, whatever
-			// the nodes still to answer say.
+		case heldOnQuorum(fingerprints, a.size, c.quorum):
+			// Every slot is owned by one holder on a quorum of the nodes that
+			// answered full: full, whatever the others say. A claim on
+			// another node (one that lost its data, or that is behind) can
+			// only be for a slot owned elsewhere: it is undone.
 			lose(remaining, false)
 			return Lease{}, &FullError{Name: a.name, Size: a.size, Held: a.size}
 		case remaining == 0, bestCount > 0 && bestCount+remaining < c.quorum:
@@ -512,6 +514,35 @@ func parseAcquire(v any, err error, size int) (acquireAnswer, error) {
 		}
 	}
 	return acquireAnswer{}, &protocolError{what: "acquire", reply: v}
+}
+
+// probe is the order in which the acquire script looks for a free slot:
+// start, start+stride, start+2*stride... modulo the size. Every node of one
+// attempt gets the same order, so that nodes in the same state pick the
+// same slot. Each attempt draws its own, so that racing acquirers spread
+// over the free slots: with a stride of 1, the free slot after a long run
+// of held ones would draw every start that falls in the run, and near
+// capacity most acquirers would race for a few slots.
+type probe struct{ start, stride int }
+
+func newProbe(size int) probe {
+	p := probe{start: rand.IntN(size), stride: 1}
+	if size > 2 {
+		for {
+			if s := 1 + rand.IntN(size-1); gcd(s, size) == 1 {
+				p.stride = s
+				break
+			}
+		}
+	}
+	return p
+}
+
+func gcd(a, b int) int {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
 }
 
 // errCancelledClaim is a node's answer to a claim that arrived after its

@@ -17,7 +17,9 @@ package semaphore
 // package supports.
 
 // acquireScript claims a slot for ARGV[1] with TTL ARGV[2] ms, scanning the
-// ARGV[3] slots starting at ARGV[4], for the acquisition ARGV[5]. It answers
+// ARGV[3] slots in the order ARGV[4], ARGV[4]+ARGV[6], ARGV[4]+2*ARGV[6]...
+// (modulo the size; the stride is coprime with it, so every slot comes once),
+// for the acquisition ARGV[5]. It answers
 // {1, slot} when the holder holds a slot (new or from an earlier attempt,
 // whose TTL it refreshes), {2, 0} when the acquisition was cancelled here,
 // and {0, fingerprints} when every slot is held by someone else: the first
@@ -31,6 +33,7 @@ local holder = ARGV[1]
 local ttl = ARGV[2]
 local size = tonumber(ARGV[3])
 local start = tonumber(ARGV[4])
+local stride = tonumber(ARGV[6])
 local claim = ':' .. ARGV[5]
 if redis.call('EXISTS', base .. ':c:' .. ARGV[5]) == 1 then
   return {2, 0}
@@ -46,7 +49,7 @@ if mine then
   end
 end
 for i = 0, size - 1 do
-  local s = (start + i) % size
+  local s = (start + i * stride) % size
   local skey = base .. ':' .. s
   if redis.call('EXISTS', skey) == 0 then
     redis.call('SET', skey, holder, 'PX', ttl)
