@@ -59,6 +59,8 @@ test: lint $(TEST_TARGETS)
 test-go: apt-deps $(TEST_DEPS)
 	$(GO) test -race -count=1 -timeout 30m ./...
 
+# The micro-benchmarks, the load scenarios against the webhook and a no-op
+# floor, memory and binary size; rewrites the figures in docs/performance.md
+# (hack/mk/bench.mk).
 .PHONY: bench
-bench: apt-deps
-	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./src/...
+bench: bench-report
