@@ -4,6 +4,7 @@ import (
 	"context"
 	crand "crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"time"
@@ -36,7 +37,9 @@ func (c *Client) AcquireAs(ctx context.Context, name string, size int, ttl time.
 	}
 	lease, err := a.run(ctx)
 	if err != nil {
-		a.cancelSuspects()
+		a.settleSuspects(-1)
+	} else {
+		a.settleSuspects(lease.Slot)
 	}
 	c.metrics.observeOp("acquire", err, time.Since(a.began))
 	return lease, err
@@ -113,23 +116,28 @@ func (a *acquisition) run(ctx context.Context) (Lease, error) {
 	}
 }
 
-// cancelSuspects tells every suspect node, in the background, that this
-// acquisition failed: the node deletes a claim of it and refuses one that
-// arrives later (a command it queued while hung). Without this, two hung
-// nodes that resume would hold a lease on a quorum that nobody has, for the
-// whole TTL.
-func (a *acquisition) cancelSuspects() {
+// settleSuspects tells every suspect node, in the background, the outcome
+// of this acquisition: the slot it won, or -1 when it failed. The node
+// deletes a claim of it for another slot and refuses one that arrives later
+// (a command it queued while hung, or one that timed out on its way).
+// Without this, two hung nodes that resume would hold a lease on a quorum
+// that nobody has, and a node whose claim timed out would keep a slot that
+// nobody releases, each for the whole TTL.
+func (a *acquisition) settleSuspects(won int) {
 	for i, suspect := range a.suspects {
-		if !suspect {
-			continue
+		if suspect {
+			a.settle(i, won)
 		}
-		a.c.background.Add(1)
-		go func() {
-			defer a.c.background.Done()
-			_, err := a.c.nodes[i].evalQueued(a.c.scripts.cancel, a.base, a.holder, a.nonce, a.ttlMS)
-			a.c.metrics.observeNode(a.c.nodes[i].addr, err)
-		}()
 	}
+}
+
+func (a *acquisition) settle(nodeIdx, won int) {
+	a.c.background.Add(1)
+	go func() {
+		defer a.c.background.Done()
+		_, err := a.c.nodes[nodeIdx].evalQueued(a.c.scripts.settle, a.base, a.holder, a.nonce, a.ttlMS, won)
+		a.c.metrics.observeNode(a.c.nodes[nodeIdx].addr, err)
+	}()
 }
 
 func (a *acquisition) failed(nodeIdx int, err error, failures []NodeError) []NodeError {
@@ -170,13 +178,17 @@ func (a *acquisition) cancelled(ctx context.Context) error {
 // slot. Racing acquirers are serialised by the arbiter, which gives each a
 // different slot, so they stop splitting slots between them. It costs two
 // round trips instead of one, only under contention. The arbiter is the
-// first node that answers, in configuration order, so that every retrying
-// acquirer, whatever its attempt, is serialised by the same node.
+// first node, in configuration order, that answers with a free slot, so
+// that every retrying acquirer, whatever its attempt, is serialised by the
+// same node.
 func (a *acquisition) arbitrated(ctx context.Context, order probe) (Lease, error) {
 	c := a.c
 	m := len(c.nodes)
 	began := time.Now()
-	var failures []NodeError
+	var (
+		failures []NodeError
+		fps      []string // every node's fingerprints, read once an arbiter is full
+	)
 	arbiter, slot := -1, -1
 	for idx := range m {
 		v, err := c.nodes[idx].eval(c.scripts.acquire, a.base, a.holder, a.ttlMS, a.size, order.start, a.nonce, order.stride)
@@ -189,28 +201,39 @@ func (a *acquisition) arbitrated(ctx context.Context, order probe) (Lease, error
 			}
 			continue
 		}
-		if !claimed.ok {
-			// The arbiter has no free slot. Whether they are owned or only
-			// claimed by racing acquirers, the other nodes' fingerprints
-			// tell; reading them claims nothing that could get in the way
-			// of the acquirers the arbiter did serve.
-			fps, more, err := c.nodeFingerprints(ctx, a.name, a.size, idx)
-			if err != nil {
-				return Lease{}, err
-			}
-			for _, f := range more {
-				failures = a.failed(c.indexOf(f.Node), f.Err, failures)
-			}
-			if len(failures) > m-c.quorum {
-				return Lease{}, &NoQuorumError{Op: "acquire", Quorum: c.quorum, Nodes: m, Failures: failures}
-			}
-			if heldOnQuorum(append(fps, claimed.fingerprints), a.size, c.quorum) {
-				return Lease{}, &FullError{Name: a.name, Size: a.size, Held: a.size}
-			}
-			return Lease{}, errSplit
+		if claimed.ok {
+			arbiter, slot = idx, claimed.slot
+			break
 		}
-		arbiter, slot = idx, claimed.slot
-		break
+		if fps != nil {
+			continue
+		}
+		// The arbiter has no free slot. Whether they are owned or only
+		// claimed (by racing acquirers, or left on this node alone by
+		// claims that outlived their acquisition), the other nodes'
+		// fingerprints tell; reading them claims nothing that could get in
+		// the way of the acquirers the arbiter did serve.
+		more, moreFailures, err := c.nodeFingerprints(ctx, a.name, a.size, idx)
+		if err != nil {
+			return Lease{}, err
+		}
+		for _, f := range moreFailures {
+			failures = a.failed(c.indexOf(f.Node), f.Err, failures)
+		}
+		if len(failures) > m-c.quorum {
+			return Lease{}, &NoQuorumError{Op: "acquire", Quorum: c.quorum, Nodes: m, Failures: failures}
+		}
+		fps = append(more, claimed.fingerprints)
+		if heldOnQuorum(fps, a.size, c.quorum) {
+			return Lease{}, &FullError{Name: a.name, Size: a.size, Held: a.size}
+		}
+		// Some slot is not owned on a quorum: the next node that has a
+		// free slot arbitrates. Every retrying acquirer that finds this
+		// node full moves on alike, so they are still serialised by one
+		// node.
+	}
+	if arbiter < 0 {
+		return Lease{}, errSplit
 	}
 	if ctx.Err() != nil {
 		a.undo(arbiter, slot)
@@ -255,7 +278,9 @@ func (a *acquisition) arbitrated(ctx context.Context, order probe) (Lease, error
 		remaining := m - 1 - n - 1
 		switch {
 		case len(claimedOn) >= c.quorum && a.valid(began):
-			c.drain(replies, remaining, nil)
+			if remaining > 0 {
+				c.drainThen(replies, remaining, nil, c.late.add(a.base, a.holder))
+			}
 			return a.lease(slot), nil
 		case len(claimedOn) >= c.quorum, len(claimedOn)+remaining < c.quorum:
 			undoAll()
@@ -298,8 +323,13 @@ func (a *acquisition) parallel(ctx context.Context, order probe) (Lease, error) 
 	)
 	undoLate := func(keep int) func(reply) {
 		return func(r reply) {
-			if claimed, err := parseAcquire(r.val, r.err, a.size); err == nil && claimed.ok && claimed.slot != keep {
+			claimed, err := parseAcquire(r.val, r.err, a.size)
+			switch {
+			case err == nil && claimed.ok && claimed.slot != keep:
 				a.undo(r.node, claimed.slot)
+			case err != nil && keep >= 0 && !errors.Is(err, errSettledClaim):
+				// The claim may still run on the node after the timeout.
+				a.settle(r.node, keep)
 			}
 		}
 	}
@@ -361,7 +391,13 @@ func (a *acquisition) parallel(ctx context.Context, order probe) (Lease, error) 
 		switch {
 		case bestCount >= c.quorum && a.valid(began):
 			undoAll(best, false)
-			c.drain(replies, remaining, undoLate(best))
+			if remaining > 0 {
+				// A release of this lease must not overtake the claim a slow
+				// node has yet to answer: it would find nothing to delete
+				// there, and the claim would stay for the whole TTL.
+				done := c.late.add(a.base, a.holder)
+				c.drainThen(replies, remaining, undoLate(best), done)
+			}
 			return a.lease(best), nil
 		case bestCount >= c.quorum:
 			lose(remaining, false)
@@ -503,7 +539,7 @@ func parseAcquire(v any, err error, size int) (acquireAnswer, error) {
 	switch flag := arr[0].(type) {
 	case int64:
 		if flag == 2 {
-			return acquireAnswer{}, errCancelledClaim
+			return acquireAnswer{}, errSettledClaim
 		}
 		if flag == 1 {
 			if slot, ok := arr[1].(int64); ok && slot >= 0 && slot < int64(size) {
@@ -545,9 +581,10 @@ func gcd(a, b int) int {
 	return a
 }
 
-// errCancelledClaim is a node's answer to a claim that arrived after its
-// acquisition was cancelled there; only late answers carry it.
-var errCancelledClaim = &protocolError{what: "acquire", reply: "a claim of a cancelled acquisition"}
+// errSettledClaim is a node's answer to a claim that arrived after its
+// acquisition was settled there with another outcome; only late answers
+// carry it.
+var errSettledClaim = &protocolError{what: "acquire", reply: "a claim of a settled acquisition"}
 
 func pause(ctx context.Context, d time.Duration) error {
 	if d <= 0 {

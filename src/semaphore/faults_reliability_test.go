@@ -6,10 +6,14 @@ package semaphore_test
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/redistest"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/semaphore"
 )
 
@@ -156,4 +160,94 @@ func TestReacquiredLeaseSurvivesTheLostLeaseCleanup(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// A node that hangs while an acquisition wins on the other two runs the
+// claim it queued when it resumes, in its own state: it may pick another
+// slot than the one won. Nobody would release that slot (the lease names
+// the won one), and it would stay taken on that node for the whole TTL.
+func TestTimedOutClaimFollowsTheWonSlot(t *testing.T) {
+	cluster := redistest.StartT(t, 3)
+	metrics := semaphore.NewMetrics()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(metrics)
+	c, err := semaphore.New(semaphore.Config{Addrs: cluster.Addrs(), Password: cluster.Password, NodeTimeout: 200 * time.Millisecond, Metrics: metrics})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	ctx := context.Background()
+	const name, size = "ns/late-claim", 4
+	// Warm: the nodes know the scripts and the pools hold idle connections.
+	if _, err := c.Release(ctx, mustAcquire(t, c, name, size, time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	// Only slot 0 is free on nodes 0 and 1; the lagging node 2 has only
+	// slot 3 free.
+	key := func(suffix string) string { return "pmph:{" + name + "}:" + suffix }
+	for node, slots := range [][]int{{1, 2, 3}, {1, 2, 3}, {0, 1, 2}} {
+		for _, slot := range slots {
+			if _, err := cluster.Nodes[node].Do(ctx, "SET", key(strconv.Itoa(slot)), strings.Repeat("f", 32), "PX", 60000); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := cluster.Nodes[2].Pause(); err != nil {
+		t.Fatal(err)
+	}
+	l, err := c.Acquire(ctx, name, size, time.Minute)
+	if err != nil || l.Slot != 0 {
+		_ = cluster.Nodes[2].Resume()
+		t.Fatalf("acquire with one node hung: slot %d, %v; want slot 0", l.Slot, err)
+	}
+	// The claim sent to the hung node times out after the acquisition won.
+	waitFor(t, 5*time.Second, "the hung node's claim to time out", func() bool {
+		return nodeUp(t, reg, cluster.Nodes[2].Addr()) == 0
+	})
+	if err := cluster.Nodes[2].Resume(); err != nil {
+		t.Fatal(err)
+	}
+	// The resumed node runs the queued claim and learns the outcome, in
+	// either order: it must not keep slot 3 for this holder.
+	holdsSlot3 := func() bool {
+		v, err := cluster.Nodes[2].Do(ctx, "GET", key("3"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, _ := v.([]byte)
+		return string(h) == l.Holder
+	}
+	waitFor(t, 5*time.Second, "the resumed node to run the claim or learn the outcome", func() bool {
+		v, err := cluster.Nodes[2].Do(ctx, "KEYS", key("c:*"))
+		marks, _ := v.([]any)
+		return err == nil && len(marks) == 1 || holdsSlot3()
+	})
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if holdsSlot3() {
+			t.Fatalf("the resumed node holds slot 3 for the lease of slot %d, and nobody will release it", l.Slot)
+		}
+	}
+}
+
+// nodeUp reads the client's redis_node_up gauge for one node.
+func nodeUp(t *testing.T, reg *prometheus.Registry, addr string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if !strings.HasSuffix(f.GetName(), "redis_node_up") {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "node" && l.GetValue() == addr {
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no redis_node_up for %s", addr)
+	return 0
 }

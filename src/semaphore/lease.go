@@ -151,6 +151,9 @@ func (c *Client) release(ctx context.Context, lease Lease) (bool, error) {
 		return false, fmt.Errorf("semaphore: holder id %q must be 32 lowercase hex digits", lease.Holder)
 	}
 	base := c.base(lease.Name)
+	if err := c.late.wait(ctx, base, lease.Holder); err != nil {
+		return false, fmt.Errorf("releasing slot %d of semaphore %q: %w", lease.Slot, lease.Name, err)
+	}
 	replies := c.fanout(func(n *node) (any, error) {
 		return n.eval(c.scripts.release, base, lease.Holder, lease.Slot)
 	})

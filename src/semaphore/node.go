@@ -28,14 +28,14 @@ func newScript(name, src string) *script {
 }
 
 type scripts struct {
-	acquire, claim, cancel, fingerprints, renew, repair, release, inspect *script
+	acquire, claim, settle, fingerprints, renew, repair, release, inspect *script
 }
 
 func newScripts() scripts {
 	return scripts{
 		acquire:      newScript("acquire", acquireScript),
 		claim:        newScript("claim", claimScript),
-		cancel:       newScript("cancel", cancelScript),
+		settle:       newScript("settle", settleScript),
 		fingerprints: newScript("fingerprints", fingerprintsScript),
 		renew:        newScript("renew", renewScript),
 		repair:       newScript("repair", repairScript),
@@ -152,8 +152,8 @@ func brokenConn(err error) bool {
 // authentication and the script together without waiting in between. A hung
 // node accepts the connection (the kernel does) and queues both; a pooled or
 // normally dialled connection would wait for the authentication's answer and
-// never send the script. It is for cancelling claims on nodes that may be
-// hung: the node runs the cancel when it resumes, even though the answer
+// never send the script. It is for settling claims on nodes that may be
+// hung: the node runs the settle when it resumes, even though the answer
 // never reaches us. EVAL, not EVALSHA: a node that restarted has no cache.
 func (n *node) evalQueued(s *script, base string, args ...any) (any, error) {
 	conn, err := redis.Dial("tcp", n.addr,

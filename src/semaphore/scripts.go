@@ -8,8 +8,10 @@ package semaphore
 //	                  once renewed), same TTL. It makes a retried Acquire with
 //	                  the same holder id idempotent without scanning every
 //	                  slot, and lets a failed acquisition cancel its claim.
-//	B:c:<nonce>       a cancelled acquisition: its claims are refused, also
-//	                  the ones a hung node runs after it resumes.
+//	B:c:<nonce>       a settled acquisition: "-1" when it failed (its claims
+//	                  are refused), else the slot it won (a claim of that
+//	                  slot is let through, any other refused). It also
+//	                  covers the claims a hung node runs after it resumes.
 //
 // The scripts build slot keys from the base key instead of receiving all N
 // keys, so an Acquire on a semaphore of 1024 slots sends a few bytes, not
@@ -21,7 +23,8 @@ package semaphore
 // (modulo the size; the stride is coprime with it, so every slot comes once),
 // for the acquisition ARGV[5]. It answers
 // {1, slot} when the holder holds a slot (new or from an earlier attempt,
-// whose TTL it refreshes), {2, 0} when the acquisition was cancelled here,
+// whose TTL it refreshes), {2, 0} when the acquisition failed, or won
+// another slot that is taken here, before this claim arrived,
 // and {0, fingerprints} when every slot is held by someone else: the first
 // fpLen characters of each slot's holder, slot after slot. Fingerprints let
 // the client tell a semaphore that is full (every slot held by one holder on
@@ -35,10 +38,21 @@ local size = tonumber(ARGV[3])
 local start = tonumber(ARGV[4])
 local stride = tonumber(ARGV[6])
 local claim = ':' .. ARGV[5]
-if redis.call('EXISTS', base .. ':c:' .. ARGV[5]) == 1 then
-  return {2, 0}
-end
 local hkey = base .. ':h:' .. holder
+local settled = redis.call('GET', base .. ':c:' .. ARGV[5])
+if settled then
+  if settled == '-1' then
+    return {2, 0}
+  end
+  local skey = base .. ':' .. settled
+  local v = redis.call('GET', skey)
+  if v and v ~= holder then
+    return {2, 0}
+  end
+  redis.call('SET', skey, holder, 'PX', ttl)
+  redis.call('SET', hkey, settled .. claim, 'PX', ttl)
+  return {1, tonumber(settled)}
+end
 local mine = redis.call('GET', hkey)
 if mine then
   local slot = string.match(mine, '^%d+')
@@ -153,11 +167,13 @@ return table.concat(fps)
 // claimScript claims exactly slot ARGV[2] for ARGV[1] with TTL ARGV[3] ms,
 // for the acquisition ARGV[4], when it is free or already this holder's.
 // Answers 1 claimed, 0 held by another holder, -1 the acquisition was
-// cancelled here. Acquire uses it to follow the slot an arbiter node chose.
+// settled here with another outcome. Acquire uses it to follow the slot an
+// arbiter node chose.
 const claimScript = `
 local base = KEYS[1]
 local holder = ARGV[1]
-if redis.call('EXISTS', base .. ':c:' .. ARGV[4]) == 1 then
+local settled = redis.call('GET', base .. ':c:' .. ARGV[4])
+if settled and settled ~= ARGV[2] then
   return -1
 end
 local skey = base .. ':' .. ARGV[2]
@@ -170,22 +186,29 @@ redis.call('SET', base .. ':h:' .. holder, ARGV[2] .. ':' .. ARGV[4], 'PX', ARGV
 return 1
 `
 
-// cancelScript cancels the acquisition ARGV[2] of holder ARGV[1] on this
-// node: it deletes the claim that acquisition made here, if any, and keeps a
-// mark for ARGV[3] ms (the lease TTL) that makes the acquire and claim
-// scripts refuse it. The order in which a resumed node runs the claim and the
-// cancel does not matter. (A node hung for longer than the TTL can still run
-// a stale claim after the mark expired; it then holds one slot on that node
-// only, for one TTL.) Answers 1 when a claim was deleted.
-const cancelScript = `
+// settleScript tells this node the outcome of the acquisition ARGV[2] of
+// holder ARGV[1]: ARGV[4] is the slot it won, or -1 when it failed. It
+// deletes a claim of that acquisition for any other slot and keeps the
+// outcome for ARGV[3] ms (the lease TTL), so that a claim that arrives
+// later (a command a hung node queued, or one that timed out on the way)
+// claims the won slot or nothing. The order in which a node runs the claim
+// and the settle does not matter, and a failure, once known, is never
+// turned back into a win by a settle that arrives late. (A node hung for
+// longer than the TTL can still run a stale claim after the outcome
+// expired; it then holds one slot on that node only, for one TTL.) Answers
+// 1 when a claim was deleted.
+const settleScript = `
 local base = KEYS[1]
 local holder = ARGV[1]
-redis.call('SET', base .. ':c:' .. ARGV[2], '1', 'PX', ARGV[3])
+local mark = base .. ':c:' .. ARGV[2]
+if redis.call('GET', mark) ~= '-1' then
+  redis.call('SET', mark, ARGV[4], 'PX', ARGV[3])
+end
 local hkey = base .. ':h:' .. holder
 local mine = redis.call('GET', hkey)
 if mine then
   local slot, nonce = string.match(mine, '^(%d+):(.*)$')
-  if nonce == ARGV[2] then
+  if nonce == ARGV[2] and slot ~= ARGV[4] then
     local skey = base .. ':' .. slot
     if redis.call('GET', skey) == holder then
       redis.call('DEL', skey)

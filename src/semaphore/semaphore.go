@@ -62,6 +62,9 @@ type Client struct {
 	// background tracks the work that outlives a call: undoing claims that
 	// arrive after the outcome was decided, repairing nodes after a renewal.
 	background sync.WaitGroup
+	// late tracks the acquisitions won before every node answered, for
+	// Release to wait on.
+	late lateClaims
 }
 
 // New builds a client over one connection pool per node. It does not
@@ -100,6 +103,7 @@ func New(cfg Config) (*Client, error) {
 		prefix:  cfg.KeyPrefix,
 		scripts: newScripts(),
 		metrics: cfg.Metrics,
+		late:    lateClaims{pending: map[string][]chan struct{}{}},
 	}
 	for _, a := range cfg.Addrs {
 		c.nodes = append(c.nodes, newNode(a, cfg.Username, cfg.Password, cfg.NodeTimeout, cfg.MaxIdle))
@@ -247,7 +251,15 @@ func (c *Client) fanoutExcept(skip int, op func(*node) (any, error)) chan reply 
 // drain hands the replies that arrive after the caller decided to then, in
 // the background, so that a late claim is undone.
 func (c *Client) drain(ch chan reply, remaining int, then func(reply)) {
+	c.drainThen(ch, remaining, then, nil)
+}
+
+// drainThen is drain, calling done (when set) once every reply was handled.
+func (c *Client) drainThen(ch chan reply, remaining int, then func(reply), done func()) {
 	if remaining <= 0 {
+		if done != nil {
+			done()
+		}
 		return
 	}
 	c.background.Add(1)
@@ -259,5 +271,60 @@ func (c *Client) drain(ch chan reply, remaining int, then func(reply)) {
 				then(r)
 			}
 		}
+		if done != nil {
+			done()
+		}
 	}()
+}
+
+// lateClaims holds, per semaphore and holder, the acquisitions whose
+// slowest nodes were still answering when they won. A lease released within
+// that moment (a pod rejected right after its admission, a load test) would
+// otherwise race the late claim: the release finds nothing on the slow
+// node, then the claim lands there and holds the slot for the whole TTL.
+type lateClaims struct {
+	mu      sync.Mutex
+	pending map[string][]chan struct{}
+}
+
+// add records one acquisition; done ends it.
+func (l *lateClaims) add(base, holder string) (done func()) {
+	key := base + "\x00" + holder
+	ch := make(chan struct{})
+	l.mu.Lock()
+	l.pending[key] = append(l.pending[key], ch)
+	l.mu.Unlock()
+	return func() {
+		l.mu.Lock()
+		rest := l.pending[key][:0]
+		for _, other := range l.pending[key] {
+			if other != ch {
+				rest = append(rest, other)
+			}
+		}
+		if len(rest) == 0 {
+			delete(l.pending, key)
+		} else {
+			l.pending[key] = rest
+		}
+		l.mu.Unlock()
+		close(ch)
+	}
+}
+
+// wait returns once the holder's late claims were handled (each within the
+// node timeout), or with the context's error.
+func (l *lateClaims) wait(ctx context.Context, base, holder string) error {
+	key := base + "\x00" + holder
+	l.mu.Lock()
+	chans := append([]chan struct{}(nil), l.pending[key]...)
+	l.mu.Unlock()
+	for _, ch := range chans {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
 }
