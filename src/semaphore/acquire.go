@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"time"
 )
 
@@ -40,6 +41,17 @@ func (c *Client) AcquireAs(ctx context.Context, name string, size int, ttl time.
 		a.settleSuspects(-1)
 	} else {
 		a.settleSuspects(lease.Slot)
+		if a.afterwards > 0 {
+			// A release of this lease must not overtake the work still on
+			// its way to the nodes: it would find nothing to delete on a
+			// slow node, and the claim landing after it would hold the slot
+			// there for the whole TTL.
+			done := c.late.add(a.base, a.holder)
+			go func() {
+				a.after.Wait()
+				done()
+			}()
+		}
 	}
 	c.metrics.observeOp("acquire", err, time.Since(a.began))
 	return lease, err
@@ -63,6 +75,12 @@ type acquisition struct {
 	// the node ran the script, and a hung node runs what it queued when it
 	// resumes) or no answer yet when a round was decided.
 	suspects []bool
+	// after tracks the work a won acquisition leaves running: late
+	// answers, undoing and settling claims. afterwards counts what was
+	// started; both are used by the calling goroutine only until it
+	// returns.
+	after      sync.WaitGroup
+	afterwards int
 }
 
 func (c *Client) newAcquisition(name string, size int, ttl time.Duration, holder string) (*acquisition, error) {
@@ -126,17 +144,38 @@ func (a *acquisition) run(ctx context.Context) (Lease, error) {
 func (a *acquisition) settleSuspects(won int) {
 	for i, suspect := range a.suspects {
 		if suspect {
-			a.settle(i, won)
+			a.background(func() { a.settle(i, won) })
 		}
 	}
 }
 
+// settle tells one node the outcome, on a connection of its own so that
+// even a hung node queues it; it waits for the answer or the node timeout.
 func (a *acquisition) settle(nodeIdx, won int) {
+	_, err := a.c.nodes[nodeIdx].evalQueued(a.c.scripts.settle, a.base, a.holder, a.nonce, a.ttlMS, won)
+	a.c.metrics.observeNode(a.c.nodes[nodeIdx].addr, err)
+}
+
+// follow moves a node that answered with a claim of another slot onto the
+// won one: its claim is deleted and the won slot claimed there where it is
+// free. Merely undoing the claim would leave the won slot free on that
+// node while a quorum owns it, and such holes make the node pick, for the
+// next acquirers, slots the other nodes refuse.
+func (a *acquisition) follow(nodeIdx, won int) {
+	_, err := a.c.nodes[nodeIdx].eval(a.c.scripts.settle, a.base, a.holder, a.nonce, a.ttlMS, won)
+	a.c.metrics.observeNode(a.c.nodes[nodeIdx].addr, err)
+}
+
+// background runs f after the call, tracked for Close and, once the
+// acquisition won, for Release.
+func (a *acquisition) background(f func()) {
 	a.c.background.Add(1)
+	a.after.Add(1)
+	a.afterwards++
 	go func() {
 		defer a.c.background.Done()
-		_, err := a.c.nodes[nodeIdx].evalQueued(a.c.scripts.settle, a.base, a.holder, a.nonce, a.ttlMS, won)
-		a.c.metrics.observeNode(a.c.nodes[nodeIdx].addr, err)
+		defer a.after.Done()
+		f()
 	}()
 }
 
@@ -279,7 +318,7 @@ func (a *acquisition) arbitrated(ctx context.Context, order probe) (Lease, error
 		switch {
 		case len(claimedOn) >= c.quorum && a.valid(began):
 			if remaining > 0 {
-				c.drainThen(replies, remaining, nil, c.late.add(a.base, a.holder))
+				a.background(func() { c.collect(replies, remaining, nil) })
 			}
 			return a.lease(slot), nil
 		case len(claimedOn) >= c.quorum, len(claimedOn)+remaining < c.quorum:
@@ -321,15 +360,22 @@ func (a *acquisition) parallel(ctx context.Context, order probe) (Lease, error) 
 		fingerprints    []string // of the nodes that answered full
 		best, bestCount = -1, 0
 	)
-	undoLate := func(keep int) func(reply) {
+	// late handles an answer that came after the round was decided, won
+	// (keep is the slot) or lost (keep is -1).
+	late := func(keep int) func(reply) {
 		return func(r reply) {
 			claimed, err := parseAcquire(r.val, r.err, a.size)
 			switch {
-			case err == nil && claimed.ok && claimed.slot != keep:
+			case err != nil:
+				if keep >= 0 && !errors.Is(err, errSettledClaim) {
+					// The claim may still run on the node after the timeout.
+					a.settle(r.node, keep)
+				}
+			case !claimed.ok || claimed.slot == keep:
+			case keep < 0:
 				a.undo(r.node, claimed.slot)
-			case err != nil && keep >= 0 && !errors.Is(err, errSettledClaim):
-				// The claim may still run on the node after the timeout.
-				a.settle(r.node, keep)
+			default:
+				a.follow(r.node, keep)
 			}
 		}
 	}
@@ -358,7 +404,7 @@ func (a *acquisition) parallel(ctx context.Context, order probe) (Lease, error) 
 	lose := func(remaining int, wait bool) {
 		undoAll(-1, wait)
 		a.pending(answered)
-		c.drain(replies, remaining, undoLate(-1))
+		c.drain(replies, remaining, late(-1))
 	}
 
 	for n := range m {
@@ -390,13 +436,13 @@ func (a *acquisition) parallel(ctx context.Context, order probe) (Lease, error) 
 		remaining := m - n - 1
 		switch {
 		case bestCount >= c.quorum && a.valid(began):
-			undoAll(best, false)
+			for i, slot := range claims {
+				if slot >= 0 && slot != best {
+					a.background(func() { a.follow(i, best) })
+				}
+			}
 			if remaining > 0 {
-				// A release of this lease must not overtake the claim a slow
-				// node has yet to answer: it would find nothing to delete
-				// there, and the claim would stay for the whole TTL.
-				done := c.late.add(a.base, a.holder)
-				c.drainThen(replies, remaining, undoLate(best), done)
+				a.background(func() { c.collect(replies, remaining, late(best)) })
 			}
 			return a.lease(best), nil
 		case bestCount >= c.quorum:

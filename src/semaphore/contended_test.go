@@ -130,3 +130,43 @@ func TestFullArbiterHandsOver(t *testing.T) {
 		}
 	}
 }
+
+// A node that claimed another slot than the one a quorum won takes the won
+// one where it is free. Were its claim only undone, the won slot would stay
+// free there while a quorum owns it, and the node would offer it to the
+// next acquirers, whose claims the other nodes refuse: with enough such
+// holes on the arbiter, every retry splits.
+func TestLaggingNodeFollowsTheWonSlot(t *testing.T) {
+	c, cluster := newClient(t, 3, time.Second)
+	ctx := context.Background()
+	const name = "ns/follow"
+	key := func(slot int) string { return "pmph:{" + name + "}:" + strconv.Itoa(slot) }
+	// Slot 0 is owned on nodes 0 and 1: they claim slot 1; node 2 claims
+	// the first slot of the probe order, slot 0 half the time.
+	for _, n := range cluster.Nodes[:2] {
+		if _, err := n.Do(ctx, "SET", key(0), strings.Repeat("g", 32), "PX", 60000); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 10 {
+		l := mustAcquire(t, c, name, 2, time.Minute)
+		if l.Slot != 1 {
+			t.Fatalf("acquired slot %d, want 1", l.Slot)
+		}
+		var holders [2]string
+		waitFor(t, 5*time.Second, "node 2 to hold the won slot", func() bool {
+			for slot := range holders {
+				v, err := cluster.Nodes[2].Do(ctx, "GET", key(slot))
+				if err != nil {
+					t.Fatal(err)
+				}
+				b, _ := v.([]byte)
+				holders[slot] = string(b)
+			}
+			return holders[1] == l.Holder && holders[0] == ""
+		})
+		if _, err := c.Release(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -188,32 +188,45 @@ return 1
 
 // settleScript tells this node the outcome of the acquisition ARGV[2] of
 // holder ARGV[1]: ARGV[4] is the slot it won, or -1 when it failed. It
-// deletes a claim of that acquisition for any other slot and keeps the
-// outcome for ARGV[3] ms (the lease TTL), so that a claim that arrives
-// later (a command a hung node queued, or one that timed out on the way)
-// claims the won slot or nothing. The order in which a node runs the claim
+// deletes a claim of that acquisition for any other slot, claims the won
+// slot where it is free here (for ARGV[3] ms, the lease TTL: a slot owned
+// on a quorum but free on this node would make it pick, for the next
+// acquirers, a slot the others refuse), and keeps the outcome for the
+// same time, so that a claim that arrives later (a command a hung node
+// queued, or one that timed out on the way) claims the won slot or
+// nothing. The order in which a node runs the claim
 // and the settle does not matter, and a failure, once known, is never
 // turned back into a win by a settle that arrives late. (A node hung for
 // longer than the TTL can still run a stale claim after the outcome
 // expired; it then holds one slot on that node only, for one TTL.) Answers
-// 1 when a claim was deleted.
+// 1 when the node holds the won slot for the holder.
 const settleScript = `
 local base = KEYS[1]
 local holder = ARGV[1]
 local mark = base .. ':c:' .. ARGV[2]
-if redis.call('GET', mark) ~= '-1' then
-  redis.call('SET', mark, ARGV[4], 'PX', ARGV[3])
+local outcome = redis.call('GET', mark)
+if outcome ~= '-1' then
+  outcome = ARGV[4]
+  redis.call('SET', mark, outcome, 'PX', ARGV[3])
 end
 local hkey = base .. ':h:' .. holder
 local mine = redis.call('GET', hkey)
 if mine then
   local slot, nonce = string.match(mine, '^(%d+):(.*)$')
-  if nonce == ARGV[2] and slot ~= ARGV[4] then
+  if nonce == ARGV[2] and slot ~= outcome then
     local skey = base .. ':' .. slot
     if redis.call('GET', skey) == holder then
       redis.call('DEL', skey)
     end
     redis.call('DEL', hkey)
+  end
+end
+if outcome ~= '-1' then
+  local skey = base .. ':' .. outcome
+  local v = redis.call('GET', skey)
+  if not v or v == holder then
+    redis.call('SET', skey, holder, 'PX', ARGV[3])
+    redis.call('SET', hkey, outcome .. ':' .. ARGV[2], 'PX', ARGV[3])
     return 1
   end
 end

@@ -251,30 +251,24 @@ func (c *Client) fanoutExcept(skip int, op func(*node) (any, error)) chan reply 
 // drain hands the replies that arrive after the caller decided to then, in
 // the background, so that a late claim is undone.
 func (c *Client) drain(ch chan reply, remaining int, then func(reply)) {
-	c.drainThen(ch, remaining, then, nil)
-}
-
-// drainThen is drain, calling done (when set) once every reply was handled.
-func (c *Client) drainThen(ch chan reply, remaining int, then func(reply), done func()) {
 	if remaining <= 0 {
-		if done != nil {
-			done()
-		}
 		return
 	}
 	c.background.Add(1)
 	go func() {
 		defer c.background.Done()
-		for range remaining {
-			r := <-ch
-			if then != nil {
-				then(r)
-			}
-		}
-		if done != nil {
-			done()
-		}
+		c.collect(ch, remaining, then)
 	}()
+}
+
+// collect is drain in the calling goroutine.
+func (c *Client) collect(ch chan reply, remaining int, then func(reply)) {
+	for range remaining {
+		r := <-ch
+		if then != nil {
+			then(r)
+		}
+	}
 }
 
 // lateClaims holds, per semaphore and holder, the acquisitions whose
