@@ -58,8 +58,8 @@ func (c *Client) AcquireAs(ctx context.Context, name string, size int, ttl time.
 }
 
 // acquisition is one AcquireAs call: its attempts share the holder id and a
-// nonce that marks their claims, so that a failed acquisition can cancel
-// claims it never saw answered.
+// nonce that marks their claims, so that its outcome can settle the claims
+// it never saw answered.
 type acquisition struct {
 	c      *Client
 	name   string
@@ -379,11 +379,14 @@ func (a *acquisition) parallel(ctx context.Context, order probe) (Lease, error) 
 			}
 		}
 	}
-	undoAll := func(keep int, wait bool) {
+	// lose ends a round that gave no lease: claims undone (waiting for the
+	// nodes when wait is set), nodes that have not answered marked for
+	// settling, late claims undone.
+	lose := func(remaining int, wait bool) {
 		done := make(chan struct{}, m)
 		pending := 0
 		for i, slot := range claims {
-			if slot >= 0 && slot != keep {
+			if slot >= 0 {
 				pending++
 				c.background.Add(1)
 				go func() {
@@ -398,11 +401,6 @@ func (a *acquisition) parallel(ctx context.Context, order probe) (Lease, error) 
 				<-done
 			}
 		}
-	}
-	// lose ends a round that gave no lease: claims undone, nodes that have
-	// not answered marked for cancelling, late claims undone.
-	lose := func(remaining int, wait bool) {
-		undoAll(-1, wait)
 		a.pending(answered)
 		c.drain(replies, remaining, late(-1))
 	}

@@ -27,6 +27,11 @@ func (c *Client) renew(ctx context.Context, lease Lease, ttl time.Duration, bega
 		return Lease{}, fmt.Errorf("semaphore: holder id %q must be 32 lowercase hex digits", lease.Holder)
 	}
 	base := c.base(lease.Name)
+	// A claim of the acquisition still on its way to a slow node would
+	// land after the renewal and set the old TTL there again.
+	if err := c.late.wait(ctx, base, lease.Holder); err != nil {
+		return Lease{}, fmt.Errorf("renewing slot %d of semaphore %q: %w", lease.Slot, lease.Name, err)
+	}
 	if !lease.Deadline.IsZero() && !began.Before(lease.Deadline) {
 		// The keys may outlive the validity by the drift allowance; they
 		// are this holder's and nobody may count on them any more.

@@ -63,7 +63,7 @@ type Client struct {
 	// arrive after the outcome was decided, repairing nodes after a renewal.
 	background sync.WaitGroup
 	// late tracks the acquisitions won before every node answered, for
-	// Release to wait on.
+	// Renew and Release to wait on.
 	late lateClaims
 }
 
