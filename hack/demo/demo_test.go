@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/localproc"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/webhooktest"
 )
 
@@ -63,7 +64,7 @@ func TestDemo(t *testing.T) {
 
 	out, code := demo(t, 10*time.Minute, "up")
 	if code != 0 {
-		t.Fatalf("demo up exited %d:\n%s\ndaemon log:\n%s", code, out, tailFile(filepath.Join(state, "daemon.log"), 40))
+		t.Fatalf("demo up exited %d:\n%s\ndaemon log:\n%s", code, out, localproc.LogTail(filepath.Join(state, "daemon.log"), 40, "\n"))
 	}
 	for _, want := range []string{
 		"the demo environment is ready",

@@ -5,12 +5,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
-	"strings"
 	"syscall"
 	"time"
+
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/localproc"
 )
 
 // child is a process the demo started: in its own process group (so that
@@ -97,19 +97,7 @@ func (c *child) stop(grace time.Duration) error {
 
 // logTail is the end of the log, for error messages.
 func (c *child) logTail(n int) string {
-	return tailFile(c.logPath, n)
-}
-
-func tailFile(path string, n int) string {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Sprintf("(cannot read %s: %v)", path, err)
-	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return localproc.LogTail(c.logPath, n, "\n")
 }
 
 // logLines reads the log's lines so far.
@@ -125,26 +113,6 @@ func (c *child) logLines() []string {
 		out = append(out, sc.Text())
 	}
 	return out
-}
-
-// freePorts returns n distinct loopback ports that were free a moment ago.
-func freePorts(n int) ([]int, error) {
-	var ports []int
-	var listeners []net.Listener
-	defer func() {
-		for _, l := range listeners {
-			l.Close()
-		}
-	}()
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("cannot find a free loopback port: %w", err)
-		}
-		listeners = append(listeners, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
 
 var errExited = errors.New("exited")

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/localproc"
 )
 
 // startTimeout bounds the daemon's start: the control plane is ready in
@@ -127,7 +129,7 @@ func spawnDaemon(ctx context.Context, cfg config, out io.Writer) (int, error) {
 			return gone.code, nil
 		}
 		return gone.code, fmt.Errorf("the demo daemon exited with code %d before the environment was ready; last lines of %s:\n%s",
-			gone.code, cfg.dir.logFile(), tailFile(cfg.dir.logFile(), 25))
+			gone.code, cfg.dir.logFile(), localproc.LogTail(cfg.dir.logFile(), 25, "\n"))
 	}
 	return 0, err
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/kubetest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/localproc"
 )
 
 const (
@@ -57,7 +58,7 @@ func startWebhook(ctx context.Context, bin, dir string, redisAddrs []string, red
 	// The ports are free when picked; another process may take one before
 	// the webhook binds it, and then a new set is tried.
 	for attempt := 1; ; attempt++ {
-		ports, err := freePorts(3)
+		ports, err := localproc.FreePorts(3)
 		if err != nil {
 			return nil, err
 		}

@@ -15,7 +15,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -23,6 +22,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/localproc"
 )
 
 const (
@@ -82,7 +83,7 @@ type ControlPlane struct {
 	opts    Options
 	client  *http.Client
 	etcdDir string // on tmpfs when available, so outside Dir
-	// pickPorts is freePorts; tests replace it to lose a port race on purpose.
+	// pickPorts is localproc.FreePorts; tests replace it to lose a port race on purpose.
 	pickPorts func(n int) ([]int, error)
 
 	mu    sync.Mutex
@@ -122,7 +123,7 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("cannot create the control plane's working directory: %w", err)
 	}
-	cp := &ControlPlane{Dir: dir, opts: opts, pickPorts: freePorts}
+	cp := &ControlPlane{Dir: dir, opts: opts, pickPorts: localproc.FreePorts}
 	defer func() {
 		if err != nil {
 			if stopErr := cp.Stop(); stopErr != nil {
@@ -459,27 +460,6 @@ func probe(ctx context.Context, rt http.RoundTripper, url, want string) error {
 	return nil
 }
 
-// freePorts returns n distinct loopback ports that were free a moment ago.
-// All listeners stay open until every port is picked, so the n are distinct.
-func freePorts(n int) ([]int, error) {
-	ports := make([]int, 0, n)
-	listeners := make([]net.Listener, 0, n)
-	defer func() {
-		for _, l := range listeners {
-			l.Close()
-		}
-	}()
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("cannot find a free loopback port: %w", err)
-		}
-		listeners = append(listeners, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
-}
-
 func filterEnv(env []string, dropPrefix string) []string {
 	out := make([]string, 0, len(env))
 	for _, kv := range env {
@@ -564,5 +544,5 @@ func (cp *ControlPlane) Stop() error {
 // "kube-apiserver", "kube-controller-manager"), for a failing test's output.
 // After Stop has removed the working directory it says that the log is gone.
 func (cp *ControlPlane) LogTail(component string, n int) string {
-	return tailFile(filepath.Join(cp.Dir, component, component+".log"), n)
+	return localproc.LogTail(filepath.Join(cp.Dir, component, component+".log"), n, "\n")
 }

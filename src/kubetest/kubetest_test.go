@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/localproc"
 )
 
 const wantVersion = "v1.37.2"
@@ -278,8 +280,8 @@ func TestMissingTools(t *testing.T) {
 }
 
 // TestPortRace makes etcd lose its client port to another listener, as when
-// another process binds a port between freePorts and etcd: Start must start
-// it again on new ports instead of failing.
+// another process binds a port between picking it and etcd: Start must
+// start it again on new ports instead of failing.
 func TestPortRace(t *testing.T) {
 	t.Parallel()
 	etcdBin, err := systemTool("etcd", "etcd-server")
@@ -295,7 +297,7 @@ func TestPortRace(t *testing.T) {
 	cp := &ControlPlane{Dir: t.TempDir(), opts: Options{Logf: t.Logf}}
 	cp.pickPorts = func(n int) ([]int, error) {
 		calls++
-		ports, err := freePorts(n)
+		ports, err := localproc.FreePorts(n)
 		if calls == 1 && err == nil {
 			ports[0] = busy.Addr().(*net.TCPAddr).Port
 		}

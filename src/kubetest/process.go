@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/localproc"
 )
 
 const (
@@ -140,19 +142,7 @@ func signalGroup(pgid int, sig syscall.Signal) {
 
 // logTail returns the last lines of the process log, for error messages.
 func (p *process) logTail() string {
-	return tailFile(p.logPath, logTailLines)
-}
-
-func tailFile(path string, n int) string {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Sprintf("(cannot read %s: %v)", path, err)
-	}
-	lines := bytes.Split(bytes.TrimRight(data, "\n"), []byte("\n"))
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return string(bytes.Join(lines, []byte("\n")))
+	return localproc.LogTail(p.logPath, logTailLines, "\n")
 }
 
 // failure wraps err with the tail of the process log, which is where etcd and

@@ -5,13 +5,11 @@
 package prometheustest
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -23,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/localproc"
 )
 
 // Options configures a server.
@@ -126,7 +126,7 @@ func start(dir string, opts Options) (*Server, error) {
 	// Another process can take the port between our probe and prometheus'
 	// bind; a new port fixes that.
 	for range 3 {
-		port, err := freePort()
+		port, err := localproc.FreePort()
 		if err != nil {
 			return nil, err
 		}
@@ -208,22 +208,7 @@ func (s *Server) waitReady(timeout time.Duration) error {
 }
 
 // LogTail is the last n lines of the server's log, joined with " | ".
-func (s *Server) LogTail(n int) string {
-	f, err := os.Open(s.logPath())
-	if err != nil {
-		return "no log"
-	}
-	defer f.Close()
-	var lines []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		lines = append(lines, sc.Text())
-		if len(lines) > n {
-			lines = lines[1:]
-		}
-	}
-	return strings.Join(lines, " | ")
-}
+func (s *Server) LogTail(n int) string { return localproc.LogTail(s.logPath(), n, " | ") }
 
 // Stop shuts the server down with SIGTERM, and SIGKILL after 10 s.
 func (s *Server) Stop() error {
@@ -480,13 +465,4 @@ func (p *apiPoint) UnmarshalJSON(b []byte) error {
 	ms := int64(ts*1000 + 0.5)
 	p.Time, p.Value = time.UnixMilli(ms), f
 	return nil
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }

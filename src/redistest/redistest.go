@@ -6,7 +6,6 @@
 package redistest
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -24,6 +23,8 @@ import (
 	"time"
 
 	"github.com/gomodule/redigo/redis"
+
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/localproc"
 )
 
 // Options configures a cluster of independent nodes.
@@ -152,7 +153,7 @@ func (n *Node) startOnFreePort() error {
 	// Another process can take the port between our probe and redis-server's
 	// bind; a new port fixes that.
 	for range 5 {
-		port, err := freePort()
+		port, err := localproc.FreePort()
 		if err != nil {
 			return err
 		}
@@ -233,20 +234,7 @@ func (n *Node) waitReady(timeout time.Duration) error {
 }
 
 func (n *Node) logTail() string {
-	f, err := os.Open(filepath.Join(n.Dir, "redis.log"))
-	if err != nil {
-		return "no log"
-	}
-	defer f.Close()
-	var lines []string
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		lines = append(lines, s.Text())
-		if len(lines) > 10 {
-			lines = lines[1:]
-		}
-	}
-	return strings.Join(lines, " | ")
+	return localproc.LogTail(filepath.Join(n.Dir, "redis.log"), 10, " | ")
 }
 
 // Stop shuts the node down with SIGTERM (the append-only file is complete,
@@ -380,13 +368,4 @@ func (n *Node) CommandCalls(ctx context.Context, command string) (int64, error) 
 		}
 	}
 	return 0, nil
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }

@@ -1,117 +1,25 @@
 package webhooktest
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
-	"fmt"
-	"math/big"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testpki"
 )
-
-// CA is a certificate authority for tests: it issues serving certificates
-// the way cert-manager's CA issuer does in the chart.
-type CA struct {
-	Cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	// PEM is the CA certificate, what clients (and the sidecar) trust.
-	PEM []byte
-}
-
-// NewCA creates a CA valid for two days.
-func NewCA() (*CA, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("generating the CA key: %w", err)
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial(),
-		Subject:               pkix.Name{CommonName: "webhooktest-ca"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(48 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		return nil, fmt.Errorf("creating the CA certificate: %w", err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, err
-	}
-	return &CA{Cert: cert, key: key, PEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}, nil
-}
-
-// Issue creates a serving certificate for hosts (IP addresses go into the IP
-// SANs, names into the DNS SANs) valid for validity, and returns the
-// certificate and key PEM.
-func (ca *CA) Issue(validity time.Duration, hosts ...string) (certPEM, keyPEM []byte, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, fmt.Errorf("generating the serving key: %w", err)
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: "webhooktest"},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(validity),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	for _, h := range hosts {
-		if ip := net.ParseIP(h); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-		} else {
-			tmpl.DNSNames = append(tmpl.DNSNames, h)
-		}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.key)
-	if err != nil {
-		return nil, nil, fmt.Errorf("creating the serving certificate: %w", err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return nil, nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), nil
-}
-
-// Pool is a certificate pool that trusts only this CA.
-func (ca *CA) Pool() *x509.CertPool {
-	p := x509.NewCertPool()
-	p.AddCert(ca.Cert)
-	return p
-}
-
-func serial() *big.Int {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
-	if err != nil {
-		panic(err)
-	}
-	return n
-}
 
 // CertDir is a certificate directory laid out like a Kubernetes secret
 // volume: tls.crt, tls.key and ca.crt are symlinks into "..data", itself a
 // symlink to a timestamped directory that each update replaces atomically.
 type CertDir struct {
 	Dir string
-	CA  *CA
+	CA  *testpki.CA
 
 	mu      sync.Mutex
 	version int
@@ -126,7 +34,7 @@ func Hosts() []string { return []string{"127.0.0.1", "localhost"} }
 // temporary directory.
 func NewCertDir(t testing.TB) *CertDir {
 	t.Helper()
-	ca, err := NewCA()
+	ca, err := testpki.NewCA()
 	if err != nil {
 		t.Fatal(err)
 	}
