@@ -42,10 +42,10 @@ func (c *Client) AcquireAs(ctx context.Context, name string, size int, ttl time.
 	} else {
 		a.settleSuspects(lease.Slot)
 		if a.afterwards > 0 {
-			// A release of this lease must not overtake the work still on
-			// its way to the nodes: it would find nothing to delete on a
-			// slow node, and the claim landing after it would hold the slot
-			// there for the whole TTL.
+			// A renewal or release of this lease must not overtake the work
+			// still on its way to the nodes: a release would find nothing
+			// to delete on a slow node, and the claim landing after it
+			// would hold the slot there for the whole TTL.
 			done := c.late.add(a.base, a.holder)
 			go func() {
 				a.after.Wait()
@@ -136,8 +136,10 @@ func (a *acquisition) run(ctx context.Context) (Lease, error) {
 
 // settleSuspects tells every suspect node, in the background, the outcome
 // of this acquisition: the slot it won, or -1 when it failed. The node
-// deletes a claim of it for another slot and refuses one that arrives later
-// (a command it queued while hung, or one that timed out on its way).
+// deletes a claim of it for another slot, claims the won slot where it is
+// free, and turns a claim that arrives later (a command it queued while
+// hung, or one that timed out on its way) into a claim of the won slot or
+// nothing.
 // Without this, two hung nodes that resume would hold a lease on a quorum
 // that nobody has, and a node whose claim timed out would keep a slot that
 // nobody releases, each for the whole TTL.
@@ -167,7 +169,7 @@ func (a *acquisition) follow(nodeIdx, won int) {
 }
 
 // background runs f after the call, tracked for Close and, once the
-// acquisition won, for Release.
+// acquisition won, for Renew and Release.
 func (a *acquisition) background(f func()) {
 	a.c.background.Add(1)
 	a.after.Add(1)
