@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"testing"
 	"time"
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseapi"
@@ -50,6 +51,18 @@ func newClient(e *env) (*client, error) {
 		})
 	}
 	return c, nil
+}
+
+// testClient is newClient for a test's own goroutine: it fails the test on
+// error and closes the client when the test ends.
+func testClient(t *testing.T, e *env) *client {
+	t.Helper()
+	c, err := newClient(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.close)
+	return c
 }
 
 // close drops the admission connections; the lease API client keeps its

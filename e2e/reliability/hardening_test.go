@@ -145,11 +145,7 @@ func TestSlowClientsCannotHoldConnections(t *testing.T) {
 			slow = append(slow, c)
 		}
 		// Meanwhile, a review is answered at once.
-		cl, err := newClient(e)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer cl.close()
+		cl := testClient(t, e)
 		began := time.Now()
 		a, _, err := cl.admit(context.Background(), "among-slow-clients", pod{key: "slow", size: 1024, startupTimeout: time.Second})
 		if err != nil || !a.allowed {
@@ -230,11 +226,7 @@ func truncate(b []byte) string {
 // holder and its TTL.
 func TestLeaseAPINeverActsOnAnotherSlot(t *testing.T) {
 	e := newEnv(t, envOptions{})
-	c, err := newClient(e)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.close()
+	c := testClient(t, e)
 	ctx := context.Background()
 	p := pod{key: "two-slots", size: 2, startupTimeout: time.Hour}
 	var leases [2]leaseapi.Lease

@@ -77,11 +77,7 @@ func under(t *testing.T, e *env, f fault) (heal func()) {
 // last slots, and the next one is told the semaphore is full.
 func TestOneNodeDownAdmitsWhileSlotsAreFree(t *testing.T) {
 	e := newEnv(t, envOptions{})
-	c, err := newClient(e)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.close()
+	c := testClient(t, e)
 	const size = 6
 	for i, f := range []fault{killNode(0), pauseNode(1), hungLink, refusedLink} {
 		t.Run(f.name, func(t *testing.T) {
@@ -132,11 +128,7 @@ func TestOneNodeDownAdmitsWhileSlotsAreFree(t *testing.T) {
 // within the per-node timeout plus HTTP overhead.
 func TestTwoNodesDownDeniesWithinTheTimeout(t *testing.T) {
 	e := newEnv(t, envOptions{})
-	c, err := newClient(e)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.close()
+	c := testClient(t, e)
 	cases := []struct {
 		f fault
 		// hung nodes make every answer wait for the timeout; dead ones
@@ -187,11 +179,7 @@ func TestTwoNodesDownDeniesWithinTheTimeout(t *testing.T) {
 // lease on a quorum that no pod has.
 func TestNoGhostLeaseAfterHungNodesResume(t *testing.T) {
 	e := newEnv(t, envOptions{})
-	c, err := newClient(e)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.close()
+	c := testClient(t, e)
 	p := pod{key: "ghost", size: 4, startupTimeout: time.Minute}
 	ctx := context.Background()
 	// As in production, the nodes know the scripts and the webhook has

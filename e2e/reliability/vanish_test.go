@@ -18,11 +18,7 @@ import (
 // it.
 func TestKilledSidecarFreesItsSlotWithinTheTTL(t *testing.T) {
 	e := newEnv(t, envOptions{})
-	c, err := newClient(e)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.close()
+	c := testClient(t, e)
 	ctx := context.Background()
 	// A long startup lease: only the sidecar's renewals bring the TTL down
 	// to the lease TTL, which shows that it renews.
@@ -108,11 +104,7 @@ func TestCheckerCatchesUnsafeRestarts(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, envOptions{})
-			c, err := newClient(e)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.close()
+			c := testClient(t, e)
 			ctx := context.Background()
 			p := pod{key: "canary", size: 2, startupTimeout: time.Minute}
 			rec := holders.NewRecorder(map[string]int{p.name(): p.size})
@@ -175,11 +167,7 @@ func TestCheckerCatchesUnsafeRestarts(t *testing.T) {
 // sidecar counts on it.
 func TestLostLeaseTakenAgainThroughTheLeaseAPI(t *testing.T) {
 	e := newEnv(t, envOptions{})
-	c, err := newClient(e)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.close()
+	c := testClient(t, e)
 	ctx := context.Background()
 	p := pod{key: "retaken", size: 1, startupTimeout: time.Second}
 	rec := holders.NewRecorder(map[string]int{p.name(): p.size})
