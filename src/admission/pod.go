@@ -3,14 +3,16 @@ package admission
 import (
 	"fmt"
 	"strconv"
+
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/jsonscan"
 )
 
 // readPod fills the view and the gate from a pod object; see readObject.
 func readPod(object []byte, p *podView, g *gate) (opted bool, err error) {
-	s := scanner{data: object}
+	s := scanner{jsonscan.Scanner{Data: object}}
 	opted, err = s.readObject(p, g)
 	if err == nil {
-		err = s.end()
+		err = s.End()
 	}
 	return opted, err
 }
@@ -26,7 +28,7 @@ func readPod(object []byte, p *podView, g *gate) (opted bool, err error) {
 // would also accept "Spec" or "CONTAINERS", and the patch would then miss
 // its target.
 func (s *scanner) readObject(p *podView, g *gate) (opted bool, err error) {
-	if s.peek() != '{' {
+	if s.Peek() != '{' {
 		return false, fmt.Errorf("the pod is not a JSON object")
 	}
 	var (
@@ -38,63 +40,63 @@ func (s *scanner) readObject(p *podView, g *gate) (opted bool, err error) {
 		specRead, specFound bool
 	)
 	interested := func() bool { return g.optIn == "true" && g.injected != "true" }
-	err = s.object(func(key []byte, esc bool) error {
+	err = s.Object(func(key []byte, esc bool) error {
 		switch {
-		case equalsKey(key, esc, "metadata"):
+		case jsonscan.EqualsKey(key, esc, "metadata"):
 			sawMeta = true
 			*g = gate{}
 			annotations, name, generateName = nil, nil, nil
-			if s.isNull() {
+			if s.IsNull() {
 				return nil
 			}
-			return s.object(func(key []byte, esc bool) error {
+			return s.Object(func(key []byte, esc bool) error {
 				var err error
 				switch {
-				case equalsKey(key, esc, "name"):
+				case jsonscan.EqualsKey(key, esc, "name"):
 					name, nameEsc, err = s.optRaw()
-				case equalsKey(key, esc, "generateName"):
+				case jsonscan.EqualsKey(key, esc, "generateName"):
 					generateName, genEsc, err = s.optRaw()
-				case equalsKey(key, esc, "annotations"):
-					if s.isNull() {
+				case jsonscan.EqualsKey(key, esc, "annotations"):
+					if s.IsNull() {
 						annotations = nil
 						return nil
 					}
-					s.skipSpace()
-					from := s.pos
-					err = s.object(func(key []byte, esc bool) error {
+					s.SkipSpace()
+					from := s.Pos
+					err = s.Object(func(key []byte, esc bool) error {
 						var dst *string
 						var has *bool
 						switch {
-						case equalsKey(key, esc, AnnotationOptIn):
+						case jsonscan.EqualsKey(key, esc, AnnotationOptIn):
 							dst, has = &g.optIn, &g.hasOptIn
-						case equalsKey(key, esc, AnnotationInjected):
+						case jsonscan.EqualsKey(key, esc, AnnotationInjected):
 							dst, has = &g.injected, &g.hasInjected
 						default:
-							return s.skip()
+							return s.Skip()
 						}
-						if s.isNull() {
+						if s.IsNull() {
 							*dst, *has = "", false
 							return nil
 						}
 						*has = true
 						return s.optText(dst)
 					})
-					annotations = s.data[from:s.pos]
+					annotations = s.Data[from:s.Pos]
 				default:
-					err = s.skip()
+					err = s.Skip()
 				}
 				return err
 			})
-		case equalsKey(key, esc, "spec"):
+		case jsonscan.EqualsKey(key, esc, "spec"):
 			specFound = true
 			if sawMeta && !interested() {
 				specSpan, specRead = nil, false
-				return s.skip()
+				return s.Skip()
 			}
 			if !sawMeta {
 				// Rare (the API server writes metadata first): keep the
 				// span and read it once the gate is known.
-				v, err := s.span()
+				v, err := s.Span()
 				specSpan, specRead = v, false
 				return err
 			}
@@ -102,7 +104,7 @@ func (s *scanner) readObject(p *podView, g *gate) (opted bool, err error) {
 			specRead = true
 			return s.readSpec(&p.Spec)
 		}
-		return s.skip()
+		return s.Skip()
 	})
 	if err != nil {
 		return interested(), err
@@ -112,27 +114,27 @@ func (s *scanner) readObject(p *podView, g *gate) (opted bool, err error) {
 	}
 	if specFound && !specRead && specSpan != nil {
 		p.Spec = podSpecView{}
-		sub := scanner{data: specSpan}
+		sub := scanner{jsonscan.Scanner{Data: specSpan}}
 		if err := sub.readSpec(&p.Spec); err != nil {
 			return true, err
 		}
 	}
 	if name != nil {
-		p.Metadata.Name = unquote(name, nameEsc)
+		p.Metadata.Name = jsonscan.Unquote(name, nameEsc)
 	}
 	if generateName != nil {
-		p.Metadata.GenerateName = unquote(generateName, genEsc)
+		p.Metadata.GenerateName = jsonscan.Unquote(generateName, genEsc)
 	}
 	if annotations != nil {
 		m := make(map[string]string, 8)
 		p.Metadata.Annotations = m
-		sub := scanner{data: annotations}
-		if err := sub.object(func(key []byte, esc bool) error {
+		sub := scanner{jsonscan.Scanner{Data: annotations}}
+		if err := sub.Object(func(key []byte, esc bool) error {
 			var v string
 			if err := sub.optText(&v); err != nil {
 				return err
 			}
-			m[unquote(key, esc)] = v
+			m[jsonscan.Unquote(key, esc)] = v
 			return nil
 		}); err != nil {
 			return true, err
@@ -142,21 +144,21 @@ func (s *scanner) readObject(p *podView, g *gate) (opted bool, err error) {
 }
 
 func (s *scanner) readSpec(spec *podSpecView) error {
-	if s.isNull() {
+	if s.IsNull() {
 		return nil
 	}
-	return s.object(func(key []byte, esc bool) error {
+	return s.Object(func(key []byte, esc bool) error {
 		switch {
-		case equalsKey(key, esc, "containers"):
+		case jsonscan.EqualsKey(key, esc, "containers"):
 			return s.containers(&spec.Containers)
-		case equalsKey(key, esc, "initContainers"):
+		case jsonscan.EqualsKey(key, esc, "initContainers"):
 			return s.containers(&spec.InitContainers)
-		case equalsKey(key, esc, "hostNetwork"):
-			v, err := s.boolean()
+		case jsonscan.EqualsKey(key, esc, "hostNetwork"):
+			v, err := s.Boolean()
 			spec.HostNetwork = v
 			return err
-		case equalsKey(key, esc, "terminationGracePeriodSeconds"):
-			if s.isNull() {
+		case jsonscan.EqualsKey(key, esc, "terminationGracePeriodSeconds"):
+			if s.IsNull() {
 				spec.TerminationGracePeriodSeconds = nil
 				return nil
 			}
@@ -164,90 +166,68 @@ func (s *scanner) readSpec(spec *podSpecView) error {
 			spec.TerminationGracePeriodSeconds = &n
 			return err
 		}
-		return s.skip()
+		return s.Skip()
 	})
 }
 
 // optRaw reads a string or null and returns its raw token (nil for null).
 func (s *scanner) optRaw() ([]byte, bool, error) {
-	if s.isNull() {
+	if s.IsNull() {
 		return nil, false, nil
 	}
-	return s.str()
+	return s.Str()
 }
 
 func (s *scanner) containers(dst *[]containerView) error {
 	*dst = nil
-	if s.isNull() {
+	if s.IsNull() {
 		return nil
 	}
-	if err := s.consume('[', "an array of containers"); err != nil {
-		return err
-	}
-	if s.peek() == ']' {
-		s.pos++
-		*dst = []containerView{}
-		return nil
-	}
-	for {
+	*dst = []containerView{}
+	return s.Array("an array of containers", func() error {
 		var c containerView
-		if s.isNull() {
-			// A null element decodes as an empty container, as in
-			// encoding/json.
-		} else if err := s.object(func(key []byte, esc bool) error {
-			switch {
-			case equalsKey(key, esc, "name"):
-				return s.optText(&c.Name)
-			case equalsKey(key, esc, "ports"):
-				return s.ports(&c)
+		// A null element decodes as an empty container, as in encoding/json.
+		if !s.IsNull() {
+			if err := s.Object(func(key []byte, esc bool) error {
+				switch {
+				case jsonscan.EqualsKey(key, esc, "name"):
+					return s.optText(&c.Name)
+				case jsonscan.EqualsKey(key, esc, "ports"):
+					return s.ports(&c)
+				}
+				return s.Skip()
+			}); err != nil {
+				return err
 			}
-			return s.skip()
-		}); err != nil {
-			return err
 		}
 		*dst = append(*dst, c)
-		switch s.peek() {
-		case ',':
-			s.pos++
-		case ']':
-			s.pos++
-			return nil
-		default:
-			return s.fail("',' or ']' in an array of containers")
-		}
-	}
+		return nil
+	})
 }
 
 func (s *scanner) ports(c *containerView) error {
 	c.Ports = nil
-	if s.isNull() {
+	if s.IsNull() {
 		return nil
 	}
-	if err := s.consume('[', "an array of ports"); err != nil {
-		return err
-	}
-	if s.peek() == ']' {
-		s.pos++
-		return nil
-	}
-	for {
+	return s.Array("an array of ports", func() error {
 		var port portView
-		if !s.isNull() {
-			if err := s.object(func(key []byte, esc bool) error {
+		if !s.IsNull() {
+			if err := s.Object(func(key []byte, esc bool) error {
 				var err error
 				switch {
-				case equalsKey(key, esc, "name"):
+				case jsonscan.EqualsKey(key, esc, "name"):
 					return s.optText(&port.Name)
-				case equalsKey(key, esc, "containerPort"):
+				case jsonscan.EqualsKey(key, esc, "containerPort"):
 					var n int64
 					n, err = s.integer(32)
 					port.ContainerPort = int32(n)
-				case equalsKey(key, esc, "hostPort"):
+				case jsonscan.EqualsKey(key, esc, "hostPort"):
 					var n int64
 					n, err = s.integer(32)
 					port.HostPort = int32(n)
 				default:
-					return s.skip()
+					return s.Skip()
 				}
 				return err
 			}); err != nil {
@@ -255,30 +235,22 @@ func (s *scanner) ports(c *containerView) error {
 			}
 		}
 		c.Ports = append(c.Ports, port)
-		switch s.peek() {
-		case ',':
-			s.pos++
-		case ']':
-			s.pos++
-			return nil
-		default:
-			return s.fail("',' or ']' in an array of ports")
-		}
-	}
+		return nil
+	})
 }
 
 // integer reads a JSON number that must be an integer of the given size.
 func (s *scanner) integer(bits int) (int64, error) {
-	if s.isNull() {
+	if s.IsNull() {
 		return 0, nil
 	}
-	start := s.pos
-	if err := s.number(); err != nil {
+	start := s.Pos
+	if err := s.Number(); err != nil {
 		return 0, err
 	}
-	n, err := strconv.ParseInt(string(s.data[start:s.pos]), 10, bits)
+	n, err := strconv.ParseInt(string(s.Data[start:s.Pos]), 10, bits)
 	if err != nil {
-		return 0, fmt.Errorf("%s is not an integer of %d bits", s.data[start:s.pos], bits)
+		return 0, fmt.Errorf("%s is not an integer of %d bits", s.Data[start:s.Pos], bits)
 	}
 	return n, nil
 }

@@ -3,6 +3,8 @@ package admission
 import (
 	"errors"
 	"fmt"
+
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/jsonscan"
 )
 
 // review is the part of an AdmissionReview v1 request the handler reads.
@@ -54,15 +56,15 @@ var errBadReview = errors.New("bad admission review")
 // parseReview reads an AdmissionReview without decoding the object. The
 // whole document is validated.
 func parseReview(body []byte, r *review) error {
-	s := scanner{data: body}
+	s := scanner{jsonscan.Scanner{Data: body}}
 	sawRequest := false
-	err := s.object(func(key []byte, esc bool) error {
+	err := s.Object(func(key []byte, esc bool) error {
 		switch {
-		case equalsKey(key, esc, "apiVersion"):
-			if s.isNull() {
+		case jsonscan.EqualsKey(key, esc, "apiVersion"):
+			if s.IsNull() {
 				return nil
 			}
-			v, err := s.text()
+			v, err := s.Text()
 			if err != nil {
 				return err
 			}
@@ -70,11 +72,11 @@ func parseReview(body []byte, r *review) error {
 				return fmt.Errorf("%w: apiVersion %q is not served; send %s", errBadReview, v, reviewAPIVersion)
 			}
 			return nil
-		case equalsKey(key, esc, "kind"):
-			if s.isNull() {
+		case jsonscan.EqualsKey(key, esc, "kind"):
+			if s.IsNull() {
 				return nil
 			}
-			v, err := s.text()
+			v, err := s.Text()
 			if err != nil {
 				return err
 			}
@@ -82,18 +84,18 @@ func parseReview(body []byte, r *review) error {
 				return fmt.Errorf("%w: kind %q is not AdmissionReview", errBadReview, v)
 			}
 			return nil
-		case equalsKey(key, esc, "request"):
-			if s.isNull() {
+		case jsonscan.EqualsKey(key, esc, "request"):
+			if s.IsNull() {
 				return nil
 			}
 			sawRequest = true
 			return parseRequest(&s, r)
 		default:
-			return s.skip()
+			return s.Skip()
 		}
 	})
 	if err == nil {
-		err = s.end()
+		err = s.End()
 	}
 	if err != nil {
 		if errors.Is(err, errBadReview) {
@@ -110,110 +112,101 @@ func parseReview(body []byte, r *review) error {
 	return nil
 }
 
+// scanner is the fast path's JSON cursor, with the readers of the review's
+// and the pod's fields defined on it.
+type scanner struct{ jsonscan.Scanner }
+
 func parseRequest(s *scanner, r *review) error {
-	return s.object(func(key []byte, esc bool) error {
+	return s.Object(func(key []byte, esc bool) error {
 		// Compare the short keys directly: no escapes in what the API
 		// server writes, and equalsKey handles the rest.
 		switch {
-		case equalsKey(key, esc, "uid"):
-			if s.isNull() {
+		case jsonscan.EqualsKey(key, esc, "uid"):
+			if s.IsNull() {
 				return nil
 			}
-			raw, escaped, err := s.str()
+			raw, escaped, err := s.Str()
 			if err != nil {
 				return err
 			}
 			r.uid, r.uidEsc = raw, escaped
 			return nil
-		case equalsKey(key, esc, "kind"):
-			if s.isNull() {
+		case jsonscan.EqualsKey(key, esc, "kind"):
+			if s.IsNull() {
 				return nil
 			}
-			return s.object(func(k []byte, e bool) error {
+			return s.Object(func(k []byte, e bool) error {
 				var dst *[]byte
 				switch {
-				case equalsKey(k, e, "group"):
+				case jsonscan.EqualsKey(k, e, "group"):
 					dst = &r.group
-				case equalsKey(k, e, "version"):
+				case jsonscan.EqualsKey(k, e, "version"):
 					dst = &r.version
-				case equalsKey(k, e, "kind"):
+				case jsonscan.EqualsKey(k, e, "kind"):
 					dst = &r.kind
 				default:
-					return s.skip()
+					return s.Skip()
 				}
 				return s.optBytes(dst)
 			})
-		case equalsKey(key, esc, "subResource"):
+		case jsonscan.EqualsKey(key, esc, "subResource"):
 			return s.optBytes(&r.subRes)
-		case equalsKey(key, esc, "operation"):
+		case jsonscan.EqualsKey(key, esc, "operation"):
 			return s.optBytes(&r.operation)
-		case equalsKey(key, esc, "namespace"):
+		case jsonscan.EqualsKey(key, esc, "namespace"):
 			return s.optBytes(&r.namespace)
-		case equalsKey(key, esc, "dryRun"):
-			v, err := s.boolean()
+		case jsonscan.EqualsKey(key, esc, "dryRun"):
+			v, err := s.Boolean()
 			r.dryRun = v
 			return err
-		case equalsKey(key, esc, "object"):
+		case jsonscan.EqualsKey(key, esc, "object"):
 			r.objectRead, r.opted, r.podErr, r.gate, r.pod = false, false, nil, gate{}, podView{}
-			if s.isNull() {
+			if s.IsNull() {
 				r.object = nil
 				return nil
 			}
-			s.skipSpace()
-			from := s.pos
+			s.SkipSpace()
+			from := s.Pos
 			if r.isPodCreate() {
 				opted, err := s.readObject(&r.pod, &r.gate)
 				if err == nil {
-					r.object, r.objectRead, r.opted = s.data[from:s.pos], true, opted
+					r.object, r.objectRead, r.opted = s.Data[from:s.Pos], true, opted
 					return nil
 				}
 				// Not a pod the webhook can read: tell a syntax error
 				// (the review is refused) from a pod of the wrong shape
 				// (the pod is denied, or passed if it did not opt in).
-				s.pos = from
-				if serr := s.skip(); serr != nil {
+				s.Pos = from
+				if serr := s.Skip(); serr != nil {
 					return serr
 				}
-				r.object, r.objectRead, r.opted, r.podErr = s.data[from:s.pos], true, opted, err
+				r.object, r.objectRead, r.opted, r.podErr = s.Data[from:s.Pos], true, opted, err
 				return nil
 			}
-			v, err := s.span()
+			v, err := s.Span()
 			r.object = v
 			return err
 		default:
-			return s.skip()
+			return s.Skip()
 		}
 	})
 }
 
 // optText reads a string or null into dst.
-func (s *scanner) optText(dst *string) error {
-	if s.isNull() {
-		*dst = ""
-		return nil
-	}
-	v, err := s.text()
-	*dst = v
+func (s *scanner) optText(dst *string) (err error) {
+	*dst, err = s.OptText()
 	return err
 }
 
 // optBytes reads a string or null into dst: the bytes of the input when the
 // string has no escapes.
-func (s *scanner) optBytes(dst *[]byte) error {
-	if s.isNull() {
+func (s *scanner) optBytes(dst *[]byte) (err error) {
+	if s.IsNull() {
 		*dst = nil
 		return nil
 	}
-	raw, escaped, err := s.str()
-	if err != nil {
-		return err
-	}
-	if escaped {
-		*dst = []byte(unquote(raw, true))
-	} else {
-		*dst = raw[1 : len(raw)-1]
-	}
-	return nil
+	*dst, err = s.Bytes()
+	return err
 }
 
 // uidText is the uid for logs.
@@ -221,7 +214,7 @@ func (r *review) uidText() string {
 	if r.uid == nil {
 		return ""
 	}
-	return unquote(r.uid, r.uidEsc)
+	return jsonscan.Unquote(r.uid, r.uidEsc)
 }
 
 // gate is what the fast path reads of a pod: the two annotations that decide

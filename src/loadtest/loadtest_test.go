@@ -450,10 +450,7 @@ func TestReadWireAgreesWithEncodingJSON(t *testing.T) {
 		if err := json.Unmarshal([]byte(body), &j); err != nil {
 			t.Fatalf("the case %s is not JSON: %v", body, err)
 		}
-		uid, _ := unescape(w.uid)
-		if !w.uidEscaped {
-			uid = string(w.uid)
-		}
+		uid := string(w.uid)
 		if w.apiVersion != j.APIVersion || w.kind != j.Kind || !w.response || uid != j.Response.UID || w.allowed != j.Response.Allowed {
 			t.Errorf("readWire(%s) = %+v, encoding/json %+v", body, w, j)
 		}

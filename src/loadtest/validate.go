@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/admission"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/jsonscan"
 )
 
 // Expect is what every answer of a run must look like.
@@ -75,12 +76,10 @@ func ParseAnswer(body []byte, wantUID string, slots bool) (Answer, error) {
 type wire struct {
 	apiVersion, kind string
 	response         bool
-	uid              []byte
-	uidEscaped       bool
+	uid              []byte // the value's bytes, in the body unless escaped
 	allowed          bool
 	patchType        *string
-	patch            []byte
-	patchEscaped     bool
+	patch            []byte // the base64 text, in the body unless escaped
 	status           bool
 	code             int
 	reason, message  string
@@ -99,7 +98,7 @@ func parseAnswer(body []byte, wantUID string, slots bool, scratch *[]byte) (Answ
 		return a, fmt.Errorf("%w: apiVersion %q kind %q, want admission.k8s.io/v1 AdmissionReview", errInvalid, w.apiVersion, w.kind)
 	case !w.response:
 		return a, fmt.Errorf("%w: no response", errInvalid)
-	case !sameUID(w.uid, w.uidEscaped, wantUID):
+	case string(w.uid) != wantUID:
 		return a, fmt.Errorf("%w: uid %q, want %q", errInvalid, w.uid, wantUID)
 	}
 	a.Allowed = w.allowed
@@ -122,23 +121,15 @@ func parseAnswer(body []byte, wantUID string, slots bool, scratch *[]byte) (Answ
 	if !w.allowed {
 		return a, fmt.Errorf("%w: a denial with a patch", errInvalid)
 	}
-	encoded := w.patch
-	if w.patchEscaped {
-		v, err := unescape(encoded)
-		if err != nil {
-			return a, fmt.Errorf("%w: the patch is not base64", errInvalid)
-		}
-		encoded = []byte(v)
-	}
-	buf := slices.Grow((*scratch)[:0], base64.StdEncoding.DecodedLen(len(encoded)))
-	n, err := base64.StdEncoding.Decode(buf[:cap(buf)], encoded)
+	buf := slices.Grow((*scratch)[:0], base64.StdEncoding.DecodedLen(len(w.patch)))
+	n, err := base64.StdEncoding.Decode(buf[:cap(buf)], w.patch)
 	if err != nil {
 		return a, fmt.Errorf("%w: the patch is not base64: %w", errInvalid, err)
 	}
 	patch := buf[:n]
 	*scratch = buf
-	ps := scanner{data: patch}
-	if ps.peek() != '[' || ps.skip() != nil || ps.end() != nil {
+	ps := jsonscan.Scanner{Data: patch}
+	if ps.Peek() != '[' || ps.Skip() != nil || ps.End() != nil {
 		return a, fmt.Errorf("%w: the patch is not a JSON array", errInvalid)
 	}
 	if !slots {
@@ -164,102 +155,95 @@ func parseAnswer(body []byte, wantUID string, slots bool, scratch *[]byte) (Answ
 	return a, nil
 }
 
-func sameUID(raw []byte, escaped bool, want string) bool {
-	if !escaped {
-		return string(raw) == want
-	}
-	v, err := unescape(raw)
-	return err == nil && v == want
-}
-
 // readWire reads the answer's envelope in one pass; unknown fields are
 // checked and skipped, and a repeated field's last value wins, as with
 // encoding/json.
 func readWire(body []byte, w *wire) error {
-	s := scanner{data: body}
-	err := s.object(func(key []byte, esc bool) error {
+	s := jsonscan.Scanner{Data: body}
+	err := s.Object(func(key []byte, esc bool) error {
 		var err error
 		switch {
-		case keyIs(key, esc, "apiVersion"):
-			w.apiVersion, err = s.optText()
-		case keyIs(key, esc, "kind"):
-			w.kind, err = s.optText()
-		case keyIs(key, esc, "response"):
-			w.response = !s.isNull()
+		case jsonscan.EqualsKey(key, esc, "apiVersion"):
+			w.apiVersion, err = s.OptText()
+		case jsonscan.EqualsKey(key, esc, "kind"):
+			w.kind, err = s.OptText()
+		case jsonscan.EqualsKey(key, esc, "response"):
+			w.response = !s.IsNull()
 			if w.response {
 				err = readResponse(&s, w)
 			}
 		default:
-			err = s.skip()
+			err = s.Skip()
 		}
 		return err
 	})
 	if err != nil {
 		return err
 	}
-	return s.end()
+	return s.End()
 }
 
-func readResponse(s *scanner, w *wire) error {
-	return s.object(func(key []byte, esc bool) error {
-		if s.isNull() {
+func readResponse(s *jsonscan.Scanner, w *wire) error {
+	return s.Object(func(key []byte, esc bool) error {
+		if s.IsNull() {
 			switch {
-			case keyIs(key, esc, "uid"):
-				w.uid, w.uidEscaped = nil, false
-			case keyIs(key, esc, "allowed"):
+			case jsonscan.EqualsKey(key, esc, "uid"):
+				w.uid = nil
+			case jsonscan.EqualsKey(key, esc, "allowed"):
 				w.allowed = false
-			case keyIs(key, esc, "patchType"):
+			case jsonscan.EqualsKey(key, esc, "patchType"):
 				w.patchType = nil
-			case keyIs(key, esc, "patch"):
+			case jsonscan.EqualsKey(key, esc, "patch"):
 				w.patch = nil
-			case keyIs(key, esc, "status"):
+			case jsonscan.EqualsKey(key, esc, "status"):
 				w.status = false
 			}
 			return nil
 		}
 		var err error
 		switch {
-		case keyIs(key, esc, "uid"):
-			w.uid, w.uidEscaped, err = s.str()
-		case keyIs(key, esc, "allowed"):
-			w.allowed, err = s.boolean()
-		case keyIs(key, esc, "patchType"):
+		case jsonscan.EqualsKey(key, esc, "uid"):
+			w.uid, err = s.Bytes()
+		case jsonscan.EqualsKey(key, esc, "allowed"):
+			w.allowed, err = s.Boolean()
+		case jsonscan.EqualsKey(key, esc, "patchType"):
 			var t string
-			t, err = s.text()
+			t, err = s.Text()
 			w.patchType = &t
-		case keyIs(key, esc, "patch"):
-			w.patch, w.patchEscaped, err = s.str()
-		case keyIs(key, esc, "status"):
+		case jsonscan.EqualsKey(key, esc, "patch"):
+			w.patch, err = s.Bytes()
+		case jsonscan.EqualsKey(key, esc, "status"):
 			w.status = true
 			err = readStatus(s, w)
 		default:
-			err = s.skip()
+			err = s.Skip()
 		}
 		return err
 	})
 }
 
-func readStatus(s *scanner, w *wire) error {
-	return s.object(func(key []byte, esc bool) error {
+func readStatus(s *jsonscan.Scanner, w *wire) error {
+	return s.Object(func(key []byte, esc bool) error {
 		var err error
 		switch {
-		case keyIs(key, esc, "code"):
-			if s.isNull() {
+		case jsonscan.EqualsKey(key, esc, "code"):
+			if s.IsNull() {
 				return nil
 			}
-			var num []byte
-			if num, err = s.number(); err != nil {
+			start := s.Pos
+			if err = s.Number(); err != nil {
 				return err
 			}
+			num := s.Data[start:s.Pos]
 			if w.code, err = strconv.Atoi(string(num)); err != nil {
-				return errSyntax
+				return fmt.Errorf("%w: the status code %s is not an integer", jsonscan.ErrSyntax, num)
 			}
-		case keyIs(key, esc, "reason"):
-			w.reason, err = s.optText()
-		case keyIs(key, esc, "message"):
-			w.message, err = s.optText()
+		case jsonscan.EqualsKey(key, esc, "reason"):
+			w.reason, err = s.OptText()
+		case jsonscan.EqualsKey(key, esc, "message"):
+			w.message, err = s.OptText()
 		default:
-			err = s.skip()
+			err = s.Skip()
 		}
 		return err
 	})
