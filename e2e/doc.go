@@ -1,7 +1,7 @@
 // Package e2e tests the webhook end to end against a real kube-apiserver:
 // etcd, kube-apiserver and kube-controller-manager run as local processes
-// (src/kubetest), three redis-server nodes back the semaphore
-// (src/redistest), and the real webhook binary (src/webhooktest) serves the
+// (src/testenv/kubetest), three redis-server nodes back the semaphore
+// (src/testenv/redistest), and the real webhook binary (src/testenv/webhooktest) serves the
 // MutatingWebhookConfiguration that the Helm chart installs, repointed at it
 // by URL. Everything a user does goes through the real kubectl.
 //

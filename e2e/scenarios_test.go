@@ -19,9 +19,9 @@ import (
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/e2e/webhookconfig"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/admission"
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/redistest"
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/sidecar/sidecartest"
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/webhooktest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/redistest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/sidecartest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/webhooktest"
 )
 
 const (

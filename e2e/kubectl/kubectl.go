@@ -15,7 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/kubetest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/kubetest"
 )
 
 // waitDelay bounds how long Run waits for kubectl's output pipes after it

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseapi"
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/webhooktest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/webhooktest"
 )
 
 const annotationPrefix = "prometheus-metrics-proxy-hook.kaidotio.github.io/"

@@ -1,7 +1,7 @@
 // Package reliability holds the fault-injection and hardening tests: real
-// webhook processes (src/webhooktest) on three real Redis nodes
-// (src/redistest), one of them behind a TCP proxy that adds latency and
-// drops connections (src/faultproxy), driven through the real HTTPS
+// webhook processes (src/testenv/webhooktest) on three real Redis nodes
+// (src/testenv/redistest), one of them behind a TCP proxy that adds latency and
+// drops connections (src/testenv/faultproxy), driven through the real HTTPS
 // endpoints by many concurrent clients while nodes are killed, paused and
 // slowed, webhook processes are killed and sidecars vanish without
 // releasing. Everything runs on loopback and is bounded in time.

@@ -13,10 +13,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/faultproxy"
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/redistest"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/semaphore"
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/webhooktest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/faultproxy"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/redistest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/webhooktest"
 )
 
 // Settings of the webhook processes under test. The per-node timeout is

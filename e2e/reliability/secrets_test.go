@@ -16,7 +16,7 @@ import (
 	"github.com/gomodule/redigo/redis"
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseapi"
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/webhooktest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/webhooktest"
 )
 
 func randomHex(t *testing.T, n int) string {

@@ -9,7 +9,7 @@ import (
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/e2e/reliability/holders"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseapi"
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/sidecar/sidecartest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/sidecartest"
 )
 
 // TestKilledSidecarFreesItsSlotWithinTheTTL: the real sidecar keeps its

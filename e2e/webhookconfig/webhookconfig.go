@@ -14,7 +14,7 @@ import (
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/kubetest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/kubetest"
 )
 
 const path = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/"

@@ -8,8 +8,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/redistest"
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testpki"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/redistest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/testpki"
 )
 
 // env is everything the load scenarios run against.

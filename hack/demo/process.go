@@ -10,7 +10,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/localproc"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/localproc"
 )
 
 // child is a process the demo started: in its own process group (so that

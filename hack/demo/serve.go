@@ -15,8 +15,8 @@ import (
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/e2e/kubectl"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/e2e/webhookconfig"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/admission"
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/kubetest"
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/redistest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/kubetest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/redistest"
 )
 
 const (

@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/localproc"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/localproc"
 )
 
 // startTimeout bounds the daemon's start: the control plane is ready in

@@ -21,7 +21,7 @@ import (
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/e2e/kubectl"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/admission"
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/kubetest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/kubetest"
 )
 
 // waitTimeout bounds each wait of the walkthrough (a ServiceAccount, an

@@ -10,8 +10,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/kubetest"
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/localproc"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/kubetest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/localproc"
 )
 
 const (

@@ -18,7 +18,7 @@ BENCH_ARGS   ?=
 
 .PHONY: loadtest
 loadtest:
-	$(GO) build -o $(LOADTEST_BIN) ./src/cmd/pmph-loadtest
+	$(GO) build -o $(LOADTEST_BIN) ./src/tools/cmd/pmph-loadtest
 
 .PHONY: bench-tools
 bench-tools: build loadtest

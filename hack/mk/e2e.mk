@@ -1,5 +1,5 @@
 # End-to-end tests (e2e/): a real kube-apiserver, kube-controller-manager and
-# etcd (src/kubetest), 3 Redis nodes, the webhook binary and the chart
+# etcd (src/testenv/kubetest), 3 Redis nodes, the webhook binary and the chart
 # installed with the Helm SDK, driven through the real kubectl. They run with
 # every other Go test in `make test`; the tools they need (kube-apiserver,
 # kube-controller-manager, kubectl, etcd, redis-server) come from `tools`.

@@ -1,3 +1,3 @@
-# The sidecar's tests run a real Prometheus (src/prometheustest) and real
-# Redis nodes (src/redistest); both are Debian packages.
+# The sidecar's tests run a real Prometheus (src/testenv/prometheustest) and real
+# Redis nodes (src/testenv/redistest); both are Debian packages.
 APT_DEPS += prometheus:prometheus

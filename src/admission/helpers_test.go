@@ -20,8 +20,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/redistest"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/semaphore"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/redistest"
 )
 
 const (

@@ -14,8 +14,8 @@ import (
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseapi"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseserver"
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/redistest"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/semaphore"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/redistest"
 )
 
 // The seeded lease every fuzzed request must leave alone unless it carries

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/redistest"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/semaphore"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/redistest"
 )
 
 // TestBurstFillsTheSemaphore is a Job fanning out: more pods than slots are

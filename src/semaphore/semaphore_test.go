@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/redistest"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/semaphore"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/redistest"
 )
 
 // newClient starts real nodes and a client over them. A generous node

@@ -30,12 +30,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/prometheustest"
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/redistest"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/semaphore"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/sidecar"
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/sidecar/sidecartest"
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/webhooktest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/prometheustest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/redistest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/sidecartest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/webhooktest"
 )
 
 // The test binary doubles as the app: re-executed with appEnv set it serves

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/sidecar/sidecartest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/sidecartest"
 )
 
 // BenchmarkSidecarRSS measures the memory of the release build of the

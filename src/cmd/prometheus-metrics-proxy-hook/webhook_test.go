@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/redistest"
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/webhooktest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/redistest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/webhooktest"
 )
 
 const annotated = `{"apiVersion":"v1","kind":"Pod","metadata":{"generateName":"app-","annotations":{` +

@@ -17,9 +17,9 @@ import (
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseapi"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseserver"
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/redistest"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/semaphore"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/sidecar/leasekeeper"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/redistest"
 )
 
 // env is the real lease API (leaseserver.NewHandler over HTTPS) on three real

@@ -5,8 +5,8 @@ import (
 	"net/http"
 	"testing"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/redistest"
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/webhooktest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/redistest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/webhooktest"
 )
 
 func TestLifeCycle(t *testing.T) {

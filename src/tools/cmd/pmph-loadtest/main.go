@@ -27,7 +27,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/loadtest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/tools/loadtest"
 )
 
 func main() {

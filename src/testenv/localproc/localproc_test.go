@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/localproc"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/localproc"
 )
 
 func TestFreePorts(t *testing.T) {

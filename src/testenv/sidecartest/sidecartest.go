@@ -29,7 +29,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/webhooktest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/webhooktest"
 )
 
 // ServingMessage is the log event the sidecar writes once it listens; its

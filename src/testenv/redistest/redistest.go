@@ -24,7 +24,7 @@ import (
 
 	"github.com/gomodule/redigo/redis"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/localproc"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/localproc"
 )
 
 // Options configures a cluster of independent nodes.

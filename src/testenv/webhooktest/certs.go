@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testpki"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/testpki"
 )
 
 // CertDir is a certificate directory laid out like a Kubernetes secret

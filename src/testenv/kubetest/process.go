@@ -13,7 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/localproc"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/localproc"
 )
 
 const (

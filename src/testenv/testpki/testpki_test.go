@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testpki"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/testpki"
 )
 
 func TestIssue(t *testing.T) {

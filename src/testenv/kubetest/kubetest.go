@@ -23,7 +23,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/localproc"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/localproc"
 )
 
 const (

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testpki"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/testpki"
 )
 
 // ServingCert is a TLS serving certificate and key with the CA that signed

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/faultproxy"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/faultproxy"
 )
 
 // echo serves line echo on a free loopback port until the test ends.

@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/loadtest"
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/redistest"
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/webhooktest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/redistest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/webhooktest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/tools/loadtest"
 )
 
 func template(t *testing.T, o loadtest.PodOptions, v *loadtest.Vars, size int) *loadtest.Template {
