@@ -13,7 +13,7 @@ var (
 // GoVersion is the Go release the binary was built with.
 func GoVersion() string { return runtime.Version() }
 
-// String is the one-line form printed by the version subcommand.
+// String is the one-line form that `version` prints.
 func String() string {
 	return "prometheus-metrics-proxy-hook " + Version + " (revision " + Revision + ", " + GoVersion() + ")"
 }
