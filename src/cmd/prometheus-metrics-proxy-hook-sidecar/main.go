@@ -37,15 +37,15 @@ const leaseRequestTimeout = 5 * time.Second
 const startupPagesDelay = 2 * time.Second
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stderr))
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
 // run serves until SIGTERM or SIGINT. Exit codes: 0 after a clean shutdown,
 // --help or version, 2 for an invalid flag or environment variable, 1 for
 // any other failure.
-func run(args []string, stderr io.Writer) int {
+func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 1 && args[0] == "version" {
-		fmt.Fprintln(os.Stdout, buildinfo.String())
+		fmt.Fprintln(stdout, buildinfo.String())
 		return 0
 	}
 	// The Go runtime and every linked package's init have run; the pages
