@@ -21,6 +21,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/rs/zerolog"
 )
@@ -82,6 +83,21 @@ func ReadOnlyMappings(r io.Reader, path string) ([]Mapping, error) {
 		out = append(out, Mapping{Start: uintptr(start), End: uintptr(end), Perms: perms})
 	}
 	return out, s.Err()
+}
+
+// StartUpTime is how long after the process starts its start-up is over:
+// flags read, listeners open, the webhook's certificates and Redis checked,
+// the sidecar's lease renewed once.
+const StartUpTime = 2 * time.Second
+
+// DropAfterStartUp drops the pages, and logs what it dropped, once
+// StartUpTime has passed; stop cancels that if it has not happened yet.
+func DropAfterStartUp(logger zerolog.Logger) (stop func() bool) {
+	t := time.AfterFunc(StartUpTime, func() {
+		maps, err := Drop()
+		Log(logger, "start-up", maps, err)
+	})
+	return t.Stop
 }
 
 // Log writes what Drop did at stage as one debug event.

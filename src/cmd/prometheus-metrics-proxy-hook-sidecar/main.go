@@ -30,12 +30,6 @@ import (
 // TTL/3 (10 s by default) leaves room for a retry within the TTL.
 const leaseRequestTimeout = 5 * time.Second
 
-// startupPagesDelay is when start-up is over: the sidecar listens and has
-// renewed its lease once. The pages of the binary touched until then are
-// dropped from the resident set (see startuppages); what the process needs
-// later is mapped back as it runs.
-const startupPagesDelay = 2 * time.Second
-
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -44,7 +38,7 @@ func main() {
 // --help or version, 2 for an invalid flag or environment variable, 1 for
 // any other failure.
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 1 && args[0] == "version" {
+	if buildinfo.VersionRequested(args) {
 		fmt.Fprintln(stdout, buildinfo.String())
 		return 0
 	}
@@ -72,11 +66,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		logger.Error().Err(err).Str("listen_address", cfg.ListenAddress).Msg("The sidecar cannot listen.")
 		return 1
 	}
-	dropPages := time.AfterFunc(startupPagesDelay, func() {
-		maps, err := startuppages.Drop()
-		startuppages.Log(logger, "start-up", maps, err)
-	})
-	defer dropPages.Stop()
+	// What the sidecar needs after start-up is mapped back as it runs.
+	defer startuppages.DropAfterStartUp(logger)()
 	ctx, stop := terminationContext()
 	defer stop()
 	if err := s.Run(ctx, ln); err != nil {

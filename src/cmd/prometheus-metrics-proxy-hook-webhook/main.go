@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/rs/zerolog"
 
@@ -22,11 +21,6 @@ import (
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/startuppages"
 )
 
-// startupPagesDelay is when start-up (flags, certificates, Redis,
-// listeners) is over; its pages need not stay in the resident set (see
-// startuppages).
-const startupPagesDelay = 2 * time.Second
-
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -35,7 +29,7 @@ func main() {
 // --help or version, 2 for an invalid flag or environment variable, 1 for
 // any other failure.
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 1 && args[0] == "version" {
+	if buildinfo.VersionRequested(args) {
 		fmt.Fprintln(stdout, buildinfo.String())
 		return 0
 	}
@@ -53,11 +47,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer logs.Close()
 	level, _ := zerolog.ParseLevel(cfg.LogLevel)
 	logger := logging.New(logs, cfg.LogFormat, level)
-	dropPages := time.AfterFunc(startupPagesDelay, func() {
-		maps, err := startuppages.Drop()
-		startuppages.Log(logger, "start-up", maps, err)
-	})
-	defer dropPages.Stop()
+	defer startuppages.DropAfterStartUp(logger)()
 	if err := app.Run(ctx, cfg, logger); err != nil {
 		return 1
 	}
