@@ -27,9 +27,15 @@ HELM_VERSION=v3.22.0
 CT_VERSION=v3.14.0
 ACTIONLINT_VERSION=v1.7.12
 
-GO_TOOLS=(kube-apiserver kube-controller-manager kubectl helm ct actionlint)
-# command:debian-package, as hack/ensure-apt.sh takes them.
-APT_TOOLS=(etcd:etcd-server redis-server:redis-server prometheus:prometheus yamllint:yamllint openssl:openssl)
+KUBE_NETWORK_POLICIES_VERSION=v0.8.0
+
+GO_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl helm ct actionlint kube-network-policies)
+# command:debian-package, as hack/ensure-apt.sh takes them. The second line is
+# what the node harness (src/testenv/kubenode) runs: the container runtime,
+# the CNI plugins (checked by a path, Debian puts them in /usr/lib/cni), and
+# the netfilter and link tools kube-proxy, the kubelet and the harness call.
+APT_TOOLS=(etcd:etcd-server redis-server:redis-server prometheus:prometheus yamllint:yamllint openssl:openssl
+	containerd:containerd runc:runc /usr/lib/cni/bridge:containernetworking-plugins iptables:iptables conntrack:conntrack nft:nftables ip:iproute2)
 
 die() {
 	echo "install-tools: $*" >&2
@@ -59,7 +65,8 @@ esac
 # Module directory and package of each Go tool.
 tool_module() {
 	case $1 in
-	kube-apiserver | kube-controller-manager | kubectl) echo kubernetes ;;
+	kube-apiserver | kube-controller-manager | kube-scheduler | kubelet | kube-proxy | kubectl) echo kubernetes ;;
+	kube-network-policies) echo kube-network-policies ;;
 	helm) echo helm ;;
 	ct) echo chart-testing ;;
 	actionlint) echo actionlint ;;
@@ -69,7 +76,8 @@ tool_module() {
 
 tool_package() {
 	case $1 in
-	kube-apiserver | kube-controller-manager | kubectl) echo "k8s.io/kubernetes/cmd/$1" ;;
+	kube-apiserver | kube-controller-manager | kube-scheduler | kubelet | kube-proxy | kubectl) echo "k8s.io/kubernetes/cmd/$1" ;;
+	kube-network-policies) echo sigs.k8s.io/kube-network-policies/cmd ;;
 	helm) echo helm.sh/helm/v3/cmd/helm ;;
 	ct) echo github.com/helm/chart-testing/v3/ct ;;
 	actionlint) echo github.com/rhysd/actionlint/cmd/actionlint ;;
@@ -83,6 +91,7 @@ tool_version() {
 	helm) echo "$HELM_VERSION" ;;
 	chart-testing) echo "$CT_VERSION" ;;
 	actionlint) echo "$ACTIONLINT_VERSION" ;;
+	kube-network-policies) echo "$KUBE_NETWORK_POLICIES_VERSION" ;;
 	esac
 }
 
@@ -119,6 +128,7 @@ tool_ldflags() {
 		;;
 	chart-testing) echo "-X github.com/helm/chart-testing/v3/ct/cmd.Version=$v" ;;
 	actionlint) echo "-X github.com/rhysd/actionlint.version=$v" ;;
+	kube-network-policies) echo "" ;;
 	esac
 }
 
@@ -196,8 +206,10 @@ build_tools() {
 	if [ "$rc" -ne 0 ]; then
 		die "building ${tools[*]} from hack/tools/$mod failed (go build exit code $rc); the output above says why."
 	fi
+	# go build names a binary after the last element of its package path;
+	# kube-network-policies keeps its main package in ./cmd.
 	for t in "${tools[@]}"; do
-		mv -f "$TMP_DIR/$t" "$BIN/$t"
+		mv -f "$TMP_DIR/$(basename "$(tool_package "$t")")" "$BIN/$t"
 	done
 	if [ "$mod" = chart-testing ]; then
 		local dir
