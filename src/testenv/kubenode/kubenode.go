@@ -66,7 +66,9 @@ type Options struct {
 	// ImageArchives are image tarballs (docker save or OCI layout) imported
 	// into containerd before the kubelet starts.
 	ImageArchives []string
-	// StartTimeout bounds Start; zero means 5 minutes.
+	// StartTimeout bounds Start once it holds the machine-wide lock (the
+	// wait for another test's node is bounded only by Start's context);
+	// zero means 5 minutes.
 	StartTimeout time.Duration
 	// Logf, when set, receives one line per step.
 	Logf func(format string, args ...any)
@@ -136,12 +138,6 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
-	timeout := opts.StartTimeout
-	if timeout <= 0 {
-		timeout = defaultStartTimeout
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
 	if opts.Logf == nil {
 		opts.Logf = func(string, ...any) {}
 	}
@@ -157,6 +153,14 @@ func Start(ctx context.Context, opts Options) (_ *Node, err error) {
 			err = errors.Join(err, n.Stop())
 		}
 	}()
+	// The deadline starts once the machine is ours: waiting for another
+	// test package's node is not part of starting this one.
+	timeout := opts.StartTimeout
+	if timeout <= 0 {
+		timeout = defaultStartTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	if err := n.sweepLeftovers(); err != nil {
 		return nil, err
 	}
