@@ -26,10 +26,15 @@ KUBE_VERSION=v1.37.2
 HELM_VERSION=v3.22.0
 CT_VERSION=v3.14.0
 ACTIONLINT_VERSION=v1.7.12
+REGISTRY_VERSION=v3.1.2
+COREDNS_VERSION=v1.15.0
 
-GO_TOOLS=(kube-apiserver kube-controller-manager kubectl helm ct actionlint)
+# registry is the OCI registry the images are pushed to (src/testenv/registry);
+# coredns goes into the cluster DNS image (src/testenv/images).
+GO_TOOLS=(kube-apiserver kube-controller-manager kubectl helm ct actionlint registry coredns)
 # command:debian-package, as hack/ensure-apt.sh takes them.
-APT_TOOLS=(etcd:etcd-server redis-server:redis-server prometheus:prometheus yamllint:yamllint openssl:openssl)
+# busybox (busybox-static) and redis-cli go into the images src/testenv/images builds.
+APT_TOOLS=(etcd:etcd-server redis-server:redis-server redis-cli:redis-tools prometheus:prometheus yamllint:yamllint openssl:openssl busybox:busybox-static)
 
 die() {
 	echo "install-tools: $*" >&2
@@ -63,6 +68,8 @@ tool_module() {
 	helm) echo helm ;;
 	ct) echo chart-testing ;;
 	actionlint) echo actionlint ;;
+	registry) echo registry ;;
+	coredns) echo coredns ;;
 	*) return 1 ;;
 	esac
 }
@@ -73,6 +80,8 @@ tool_package() {
 	helm) echo helm.sh/helm/v3/cmd/helm ;;
 	ct) echo github.com/helm/chart-testing/v3/ct ;;
 	actionlint) echo github.com/rhysd/actionlint/cmd/actionlint ;;
+	registry) echo github.com/distribution/distribution/v3/cmd/registry ;;
+	coredns) echo github.com/coredns/coredns ;;
 	*) return 1 ;;
 	esac
 }
@@ -83,13 +92,16 @@ tool_version() {
 	helm) echo "$HELM_VERSION" ;;
 	chart-testing) echo "$CT_VERSION" ;;
 	actionlint) echo "$ACTIONLINT_VERSION" ;;
+	registry) echo "$REGISTRY_VERSION" ;;
+	coredns) echo "$COREDNS_VERSION" ;;
 	esac
 }
 
 # Linker flags that make each binary report its real version: without them
 # Kubernetes reports v0.0.0-master (which `kubectl version` cannot parse), helm
 # reports v3.22 and assumes Kubernetes 1.20 for `helm template`, ct says
-# "unreleased" and actionlint prints the tools module's version.
+# "unreleased", actionlint prints the tools module's version and the registry
+# "v3.1.2+unknown".
 tool_ldflags() {
 	local v
 	v=$(tool_version "$1")
@@ -119,6 +131,9 @@ tool_ldflags() {
 		;;
 	chart-testing) echo "-X github.com/helm/chart-testing/v3/ct/cmd.Version=$v" ;;
 	actionlint) echo "-X github.com/rhysd/actionlint.version=$v" ;;
+	registry) echo "-X github.com/distribution/distribution/v3/version.version=$v" ;;
+	# CoreDNS's version is a constant of its source; only the commit is a flag.
+	coredns) echo "-X github.com/coredns/coredns/coremain.GitCommit=$v" ;;
 	esac
 }
 
