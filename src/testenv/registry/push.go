@@ -15,20 +15,29 @@ import (
 // Local returns where the registry keeps an image a pod names ref:
 // "ghcr.io/kaidotio/x:1" -> "127.0.0.1:PORT/kaidotio/x:1" (the repository path
 // is kept, so a mirror for the original host finds it).
-func (r *Registry) Local(ref string) string {
+func (r *Registry) Local(ref string) string { return LocalRef(r.Host, ref) }
+
+// LocalRef is Local for any registry host.
+func LocalRef(host, ref string) string {
 	_, repo, tag := images.SplitRef(ref)
-	return r.Host + "/" + repo + ":" + tag
+	return host + "/" + repo + ":" + tag
 }
 
 // Push pushes the image under each of the references (by their Local names)
 // and returns its manifest digest.
 func (r *Registry) Push(ctx context.Context, img v1.Image, refs ...string) (v1.Hash, error) {
+	return Push(ctx, r.Host, img, refs...)
+}
+
+// Push pushes the image to the registry at host (plain HTTP for a loopback
+// host, HTTPS otherwise) under the LocalRef of each reference.
+func Push(ctx context.Context, host string, img v1.Image, refs ...string) (v1.Hash, error) {
 	digest, err := img.Digest()
 	if err != nil {
 		return v1.Hash{}, fmt.Errorf("computing the image's digest: %w", err)
 	}
 	for _, ref := range refs {
-		tag, err := name.NewTag(r.Local(ref), name.Insecure, name.StrictValidation)
+		tag, err := name.NewTag(LocalRef(host, ref), name.StrictValidation)
 		if err != nil {
 			return v1.Hash{}, fmt.Errorf("naming %s in the registry: %w", ref, err)
 		}
