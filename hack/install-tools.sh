@@ -26,15 +26,23 @@ KUBE_VERSION=v1.37.2
 HELM_VERSION=v3.22.0
 CT_VERSION=v3.14.0
 ACTIONLINT_VERSION=v1.7.12
+REGISTRY_VERSION=v3.1.2
+COREDNS_VERSION=v1.15.0
 
 KUBE_NETWORK_POLICIES_VERSION=v0.8.0
 
-GO_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl helm ct actionlint kube-network-policies)
-# command:debian-package, as hack/ensure-apt.sh takes them. The second line is
-# what the node harness (src/testenv/kubenode) runs: the container runtime,
-# the CNI plugins (checked by a path, Debian puts them in /usr/lib/cni), and
-# the netfilter and link tools kube-proxy, the kubelet and the harness call.
-APT_TOOLS=(etcd:etcd-server redis-server:redis-server prometheus:prometheus yamllint:yamllint openssl:openssl
+# registry is the OCI registry the images are pushed to (src/testenv/registry);
+# coredns goes into the cluster DNS image (src/testenv/images); the kubelet,
+# kube-scheduler, kube-proxy and kube-network-policies run the node
+# (src/testenv/kubenode).
+GO_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl helm ct actionlint registry coredns kube-network-policies)
+# command:debian-package, as hack/ensure-apt.sh takes them.
+# busybox (busybox-static) and redis-cli go into the images src/testenv/images builds.
+# The second line is what the node harness (src/testenv/kubenode) runs: the
+# container runtime, the CNI plugins (checked by a path, Debian puts them in
+# /usr/lib/cni), and the netfilter and link tools kube-proxy, the kubelet and
+# the harness call.
+APT_TOOLS=(etcd:etcd-server redis-server:redis-server redis-cli:redis-tools prometheus:prometheus yamllint:yamllint openssl:openssl busybox:busybox-static
 	containerd:containerd runc:runc /usr/lib/cni/bridge:containernetworking-plugins iptables:iptables conntrack:conntrack nft:nftables ip:iproute2)
 
 die() {
@@ -70,6 +78,8 @@ tool_module() {
 	helm) echo helm ;;
 	ct) echo chart-testing ;;
 	actionlint) echo actionlint ;;
+	registry) echo registry ;;
+	coredns) echo coredns ;;
 	*) return 1 ;;
 	esac
 }
@@ -81,6 +91,8 @@ tool_package() {
 	helm) echo helm.sh/helm/v3/cmd/helm ;;
 	ct) echo github.com/helm/chart-testing/v3/ct ;;
 	actionlint) echo github.com/rhysd/actionlint/cmd/actionlint ;;
+	registry) echo github.com/distribution/distribution/v3/cmd/registry ;;
+	coredns) echo github.com/coredns/coredns ;;
 	*) return 1 ;;
 	esac
 }
@@ -92,13 +104,16 @@ tool_version() {
 	chart-testing) echo "$CT_VERSION" ;;
 	actionlint) echo "$ACTIONLINT_VERSION" ;;
 	kube-network-policies) echo "$KUBE_NETWORK_POLICIES_VERSION" ;;
+	registry) echo "$REGISTRY_VERSION" ;;
+	coredns) echo "$COREDNS_VERSION" ;;
 	esac
 }
 
 # Linker flags that make each binary report its real version: without them
 # Kubernetes reports v0.0.0-master (which `kubectl version` cannot parse), helm
 # reports v3.22 and assumes Kubernetes 1.20 for `helm template`, ct says
-# "unreleased" and actionlint prints the tools module's version.
+# "unreleased", actionlint prints the tools module's version and the registry
+# "v3.1.2+unknown".
 tool_ldflags() {
 	local v
 	v=$(tool_version "$1")
@@ -129,6 +144,9 @@ tool_ldflags() {
 	chart-testing) echo "-X github.com/helm/chart-testing/v3/ct/cmd.Version=$v" ;;
 	actionlint) echo "-X github.com/rhysd/actionlint.version=$v" ;;
 	kube-network-policies) echo "" ;;
+	registry) echo "-X github.com/distribution/distribution/v3/version.version=$v" ;;
+	# CoreDNS's version is a constant of its source; only the commit is a flag.
+	coredns) echo "-X github.com/coredns/coredns/coremain.GitCommit=$v" ;;
 	esac
 }
 
