@@ -87,6 +87,7 @@ func TestContainerdConfig(t *testing.T) {
 	}
 	for _, want := range []string{
 		"restrict_oom_score_adj = true",
+		"enable_unprivileged_ports = true",
 		`sandbox_image = "registry.k8s.io/pause:3.10"`,
 		`bin_dir = "/usr/lib/cni"`,
 		`conf_dir = "/tmp/pmph-kubenode-x/containerd/cni"`,

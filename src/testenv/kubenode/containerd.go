@@ -56,6 +56,11 @@ func containerdConfig(bin string, p containerdPaths, sandboxImage string) (strin
 		// PID from pipe: EOF").
 		{"restrict_oom_score_adj", "true"},
 		{"sandbox_image", strconv.Quote(sandboxImage)},
+		// Every pod may bind ports below 1024 (net.ipv4.ip_unprivileged_port_start=0
+		// in its network namespace), as containerd 2 does by default:
+		// CoreDNS runs as a user on port 53, and file capabilities do not
+		// survive allowPrivilegeEscalation: false.
+		{"enable_unprivileged_ports", "true"},
 		// Network namespaces under the state directory, not /run/netns, so
 		// that the sweep finds and unmounts them.
 		{"netns_mounts_under_state_dir", "true"},

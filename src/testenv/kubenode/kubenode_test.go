@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -24,6 +25,7 @@ const (
 // node on the same machine.
 func TestNode(t *testing.T) {
 	opts := testOptions(t)
+	forwarding := readForwarding(t)
 	first := startNode(t, opts)
 	t.Run("registered and Ready with its own address", func(t *testing.T) { checkNodeObject(t, first) })
 	t.Run("pods, Service, DNS, logs and exec", func(t *testing.T) { checkWorkloads(t, first) })
@@ -31,7 +33,7 @@ func TestNode(t *testing.T) {
 	if err := first.Stop(); err != nil {
 		t.Fatalf("Stop failed: %v", err)
 	}
-	t.Run("teardown leaves nothing behind", func(t *testing.T) { checkClean(t, dir) })
+	t.Run("teardown leaves nothing behind", func(t *testing.T) { checkClean(t, dir, forwarding) })
 
 	second := startNode(t, opts)
 	t.Run("a second node starts after teardown", func(t *testing.T) {
@@ -47,7 +49,7 @@ func TestNode(t *testing.T) {
 	if err := second.Stop(); err != nil {
 		t.Fatalf("Stop failed: %v", err)
 	}
-	checkClean(t, dir)
+	checkClean(t, dir, forwarding)
 }
 
 func startNode(t *testing.T, opts Options) *Node {
@@ -128,6 +130,56 @@ func checkWorkloads(t *testing.T, n *Node) {
 			t.Errorf("GET http://web/ (the Service by its short name) = %q, want the server's page", out)
 		}
 	})
+	t.Run("NetworkPolicy enforced", func(t *testing.T) { checkNetworkPolicy(t, n, ns, clusterIP) })
+}
+
+// checkNetworkPolicy lets only pods labelled access=allowed reach the web
+// pod, then checks that the unlabelled client is refused and, as the control,
+// that a labelled pod still gets through to the same address and port.
+func checkNetworkPolicy(t *testing.T, n *Node, ns, clusterIP string) {
+	policy := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(policy, []byte(`apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: web-allowed-only
+spec:
+  podSelector:
+    matchLabels: {run: web}
+  policyTypes: [Ingress]
+  ingress:
+  - from:
+    - podSelector:
+        matchLabels: {access: allowed}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustKubectl(t, n, "-n", ns, "apply", "-f", policy)
+	mustKubectl(t, n, "-n", ns, "run", "allowed", "--labels=run=allowed,access=allowed", "--image="+busyboxRef,
+		"--restart=Never", "--command", "--", "sleep", "3600")
+	mustKubectl(t, n, "-n", ns, "wait", "--for=condition=Ready", "pod/allowed", "--timeout=120s")
+	url := "http://" + clusterIP + "/"
+	fetch := func(pod string) (string, error) {
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		defer cancel()
+		out, err := n.Kubectl(ctx, "-n", ns, "exec", pod, "--", "wget", "-qO-", "-T", "3", url)
+		return string(out), err
+	}
+	// The enforcer applies a new policy within seconds; until then the
+	// client still gets through.
+	deadline := time.Now().Add(time.Minute)
+	for {
+		out, err := fetch("client")
+		if err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the client still reaches %s a minute after the policy: %q", url, out)
+		}
+		time.Sleep(time.Second)
+	}
+	if out, err := fetch("allowed"); err != nil || strings.TrimSpace(out) != "hello from web" {
+		t.Errorf("the allowed pod's GET %s = %q, %v; want the page (the control of the refusal)", url, out, err)
+	}
 }
 
 // runServer starts a busybox httpd pod and returns its IP once it is Ready.
@@ -142,7 +194,7 @@ func runServer(t *testing.T, n *Node, ns, name string) string {
 
 // checkClean asserts that a stopped node left no process, mount, link,
 // iptables chain, cgroup, record or directory behind.
-func checkClean(t *testing.T, dir string) {
+func checkClean(t *testing.T, dir, forwarding string) {
 	t.Helper()
 	if pids := markedPids(); len(pids) > 0 {
 		t.Errorf("processes of the node are still running: %v", pids)
@@ -164,12 +216,27 @@ func checkClean(t *testing.T, dir string) {
 	if chains := leftoverChains(); len(chains) > 0 {
 		t.Errorf("iptables chains are left: %v", chains)
 	}
+	if out, err := exec.Command("nft", "list", "table", "inet", knpTable).CombinedOutput(); err == nil {
+		t.Errorf("the nftables table of kube-network-policies is left:\n%s", out)
+	}
+	if got := readForwarding(t); got != forwarding {
+		t.Errorf("%s is %s after Stop, want %s as before the node", ipForward, got, forwarding)
+	}
 	if _, err := os.Stat(dir); err == nil {
 		t.Errorf("the working directory %s is still there", dir)
 	}
 	if _, err := os.Stat(recordPath); err == nil {
 		t.Errorf("the record %s is still there", recordPath)
 	}
+}
+
+func readForwarding(t *testing.T) string {
+	t.Helper()
+	data, err := os.ReadFile(ipForward)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(data))
 }
 
 func mustKubectl(t *testing.T, n *Node, args ...string) string {
