@@ -191,17 +191,19 @@ func (n *Node) sweepLeftovers() error {
 	if old != nil && old.Dir != "" && !contains(dirs, old.Dir) {
 		dirs = append(dirs, old.Dir)
 	}
-	if old == nil && len(dirs) == 0 && len(markedPids()) == 0 && len(leftoverChains()) == 0 {
-		return nil
+	if old != nil || len(dirs) > 0 {
+		n.logf("sweeping what an earlier node left behind (directories %v)", dirs)
 	}
-	n.logf("sweeping what an earlier node left behind (directories %v)", dirs)
+	// Always: a run killed before it wrote its record can have left chains
+	// and links too.
 	if err := sweep(dirs, n.toolsBin); err != nil {
 		return fmt.Errorf("cannot clean up after an earlier node on this machine: %w", err)
 	}
-	if old != nil {
-		if err := restoreForwarding(old.IPForward); err != nil {
-			return err
-		}
+	if old == nil {
+		return nil
+	}
+	if err := restoreForwarding(old.IPForward); err != nil {
+		return err
 	}
 	return os.Remove(recordPath)
 }
