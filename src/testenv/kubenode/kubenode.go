@@ -337,6 +337,9 @@ func (n *Node) startNode(ctx context.Context, b binaries) error {
 	}); err != nil {
 		return err
 	}
+	if err := os.MkdirAll(filepath.Join(kubeletDir, "pods-logs"), 0o755); err != nil {
+		return err
+	}
 	if _, err := n.run(ctx, "kubelet", b.kubelet, []string{
 		"--config=" + filepath.Join(kubeletDir, "config.yaml"),
 		"--kubeconfig=" + kcfg,
