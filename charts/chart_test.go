@@ -246,7 +246,7 @@ func TestWebhookArgs(t *testing.T) {
 			"redis-timeout":        "50ms",
 			"no-quorum-policy":     "deny",
 			"sidecar-port":         "65532",
-			"native-sidecar":       "false",
+			"native-sidecar":       "true",
 			"enable-http2":         "false",
 			"sidecar-memory-limit": "32Mi",
 			"redis-password-file":  "/run/secrets/redis/password",
@@ -255,8 +255,8 @@ func TestWebhookArgs(t *testing.T) {
 			"sidecar-image": "ghcr.io/kaidotio/prometheus-metrics-proxy-hook:v9"}, nil},
 		{"image digest", "image: {digest: sha256:" + strings.Repeat("a", 64) + "}", map[string]string{
 			"sidecar-image": "ghcr.io/kaidotio/prometheus-metrics-proxy-hook@sha256:" + strings.Repeat("a", 64)}, nil},
-		{"own sidecar image", "sidecar: {image: {repository: reg.example/hook, tag: s1}, resources: {limits: {cpu: 100m}}, native: true}", map[string]string{
-			"sidecar-image": "reg.example/hook:s1", "sidecar-cpu-limit": "100m", "native-sidecar": "true"}, nil},
+		{"own sidecar image", "sidecar: {image: {repository: reg.example/hook, tag: s1}, resources: {limits: {cpu: 100m}}, native: false}", map[string]string{
+			"sidecar-image": "reg.example/hook:s1", "sidecar-cpu-limit": "100m", "native-sidecar": "false"}, nil},
 		{"external redis without password", "redis: {enabled: false}\nexternalRedis: {addresses: [a:1]}", nil, []string{"redis-password-file"}},
 	}
 	for _, tc := range tests {

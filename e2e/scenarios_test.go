@@ -128,8 +128,12 @@ func scenarioRestricted(t *testing.T, e *env, target *webhookTarget) {
 	if c == nil {
 		t.Fatalf("no container %q was injected: %+v", admission.ContainerName, got.Spec.Containers)
 	}
-	if len(got.Spec.Containers) != 2 || got.Spec.Containers[0].Name != "app" {
-		t.Errorf("containers %v, want the app's followed by the sidecar", names(got.Spec.Containers))
+	// The webhook's default injects a native sidecar: the first init
+	// container, restartPolicy Always.
+	if len(got.Spec.Containers) != 1 || got.Spec.Containers[0].Name != "app" ||
+		len(got.Spec.InitContainers) != 1 || got.Spec.InitContainers[0].Name != admission.ContainerName ||
+		c.RestartPolicy == nil || *c.RestartPolicy != corev1.ContainerRestartPolicyAlways {
+		t.Errorf("containers %v, init containers %v, want the app's and the sidecar as the native first init container", names(got.Spec.Containers), names(got.Spec.InitContainers))
 	}
 	if !slices.Equal(c.Args, []string{"sidecar"}) || len(c.Command) != 0 {
 		t.Errorf("the sidecar runs command %q args %q, want the image's entrypoint with args [sidecar]", c.Command, c.Args)

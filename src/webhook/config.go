@@ -58,8 +58,8 @@ func ParseConfig(args []string, getenv func(string) string, usage io.Writer) (*C
 	fs := flag.NewFlagSet("webhook", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	str := func(name, def, help string) *string { return fs.String(name, def, help) }
-	boolean := func(name, help string) *string {
-		v := boolValue("false")
+	boolean := func(name, def, help string) *string {
+		v := boolValue(def)
 		fs.Var(&v, name, help)
 		return (*string)(&v)
 	}
@@ -68,7 +68,7 @@ func ParseConfig(args []string, getenv func(string) string, usage io.Writer) (*C
 		metrics      = str("metrics-address", ":8080", "/metrics (the webhook's own metrics)")
 		probes       = str("probe-address", ":8081", "/healthz, /readyz")
 		certDir      = str("cert-dir", "/tls", "directory holding tls.crt, tls.key and ca.crt; re-read when they change")
-		http2        = boolean("enable-http2", "HTTP/2 on the TLS listener (off: CVE-2023-44487)")
+		http2        = boolean("enable-http2", "false", "HTTP/2 on the TLS listener (off: CVE-2023-44487)")
 		redisAddrs   = str("redis-addresses", "", "comma-separated host:port of the M Redis nodes (odd M); required")
 		passwordFile = str("redis-password-file", "", "file holding the Redis password")
 		redisTimeout = str("redis-timeout", "50ms", "per-node dial/read/write timeout")
@@ -82,7 +82,7 @@ func ParseConfig(args []string, getenv func(string) string, usage io.Writer) (*C
 		memReq       = str("sidecar-memory-request", "16Mi", "memory request of the sidecar (empty: none)")
 		cpuLim       = str("sidecar-cpu-limit", "", "CPU limit of the sidecar (empty: none)")
 		memLim       = str("sidecar-memory-limit", "32Mi", "memory limit of the sidecar (empty: none)")
-		native       = boolean("native-sidecar", "inject into initContainers with restartPolicy Always")
+		native       = boolean("native-sidecar", "true", "inject a native sidecar (first init container, restartPolicy Always), which the kubelet stops only after the app containers exited; false: a regular container, signalled together with them")
 		finalWait    = str("final-scrape-wait", "40s", "how long a terminating sidecar waits for one more scrape")
 		delay        = str("shutdown-delay", "5s", "after SIGTERM, keep serving this long with readiness failing before closing the listeners")
 		shutdown     = str("shutdown-timeout", "20s", "bound on finishing in-flight requests after SIGTERM")

@@ -27,7 +27,7 @@ func TestDefaults(t *testing.T) {
 		LeaseTTL: 30 * time.Second, NoQuorumPolicy: admission.NoQuorumDeny, ShutdownTimeout: 20 * time.Second, ShutdownDelay: 5 * time.Second,
 		LogLevel: "info", LogFormat: "json",
 		Sidecar: admission.Sidecar{Image: "img:1", PullPolicy: "IfNotPresent", Port: 65532, CPURequest: "10m",
-			MemoryRequest: "16Mi", MemoryLimit: "32Mi", FinalScrapeWait: 40 * time.Second, LeaseURL: "https://pmph.ns.svc:443"},
+			MemoryRequest: "16Mi", MemoryLimit: "32Mi", Native: true, FinalScrapeWait: 40 * time.Second, LeaseURL: "https://pmph.ns.svc:443"},
 	}
 	if !equalConfig(c, &want) {
 		t.Fatalf("got %+v\nwant %+v", *c, want)
