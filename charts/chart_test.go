@@ -279,7 +279,7 @@ func TestWebhookArgs(t *testing.T) {
 				t.Errorf("first arg %q, want the webhook subcommand", c.Args[0])
 			}
 			// Every flag the chart passes is one the webhook has.
-			known := regexp.MustCompile(`^--(listen-address|metrics-address|probe-address|cert-dir|enable-http2|redis-addresses|redis-password-file|redis-timeout|lease-ttl|lease-url|no-quorum-policy|sidecar-image|sidecar-image-pull-policy|sidecar-port|sidecar-cpu-request|sidecar-memory-request|sidecar-cpu-limit|sidecar-memory-limit|native-sidecar|final-scrape-wait|shutdown-timeout|log-level|log-format)=`)
+			known := regexp.MustCompile(`^--(listen-address|metrics-address|probe-address|cert-dir|enable-http2|redis-addresses|redis-password-file|redis-timeout|lease-ttl|lease-url|no-quorum-policy|sidecar-image|sidecar-image-pull-policy|sidecar-port|sidecar-cpu-request|sidecar-memory-request|sidecar-cpu-limit|sidecar-memory-limit|native-sidecar|scrape-interval|shutdown-timeout|log-level|log-format)=`)
 			for _, a := range c.Args[1:] {
 				if !known.MatchString(a) {
 					t.Errorf("unknown webhook flag %q", a)

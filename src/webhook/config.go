@@ -83,7 +83,7 @@ func ParseConfig(args []string, getenv func(string) string, usage io.Writer) (*C
 		cpuLim       = str("sidecar-cpu-limit", "", "CPU limit of the sidecar (empty: none)")
 		memLim       = str("sidecar-memory-limit", "32Mi", "memory limit of the sidecar (empty: none)")
 		native       = boolean("native-sidecar", "true", "inject a native sidecar (first init container, restartPolicy Always), which the kubelet stops only after the app containers exited; false: a regular container, signalled together with them")
-		finalWait    = str("final-scrape-wait", "40s", "how long a terminating sidecar waits for one more scrape")
+		scrapeIvl    = str("scrape-interval", "60s", "the longest scrape interval of the Prometheus servers that scrape opted-in pods (pod annotation scrape-interval overrides it); a terminating sidecar waits up to this plus 5s after the app stopped, and the pod's grace period grows by this plus 10s")
 		delay        = str("shutdown-delay", "5s", "after SIGTERM, keep serving this long with readiness failing before closing the listeners")
 		shutdown     = str("shutdown-timeout", "20s", "bound on finishing in-flight requests after SIGTERM")
 		logLevel     = str("log-level", "info", "debug, info, warn or error")
@@ -187,13 +187,13 @@ func ParseConfig(args []string, getenv func(string) string, usage io.Writer) (*C
 	if err != nil || port < 1 || port > 65535 {
 		return nil, bad("sidecar-port", *sidecarPort, "must be a port number from 1 to 65535")
 	}
-	finalScrapeWait, err := duration(*finalWait, 0, time.Hour)
+	scrapeInterval, err := duration(*scrapeIvl, admission.MinScrapeInterval, admission.MaxScrapeInterval)
 	if err != nil {
-		return nil, bad("final-scrape-wait", *finalWait, err.Error())
+		return nil, bad("scrape-interval", *scrapeIvl, err.Error())
 	}
 	c.Sidecar = admission.Sidecar{
 		Image: *image, PullPolicy: *pullPolicy, Port: int32(port), Native: c.Sidecar.Native,
-		FinalScrapeWait: finalScrapeWait, LeaseURL: strings.TrimSuffix(*leaseURL, "/"),
+		ScrapeInterval: scrapeInterval, LeaseURL: strings.TrimSuffix(*leaseURL, "/"),
 	}
 	for _, q := range []struct {
 		name string
