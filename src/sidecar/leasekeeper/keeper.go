@@ -237,7 +237,7 @@ func (k *Keeper) acquired(got leaseapi.Lease, ttl time.Duration, err error, fail
 	case errors.Is(err, leaseapi.ErrFull):
 		k.metrics.observe("acquire", "full")
 		over := k.runsWithoutSlot()
-		k.metrics.setOverLimit(over)
+		defer k.metrics.setOverLimit(over)
 		*failures++
 		wait := k.backoff(*failures)
 		ev := k.log.Debug()
@@ -277,7 +277,9 @@ func (k *Keeper) lost(l leaseapi.Lease, err error, renewedOnce bool) {
 	k.mu.Lock()
 	k.held = false
 	k.mu.Unlock()
-	k.metrics.setOverLimit(k.runsWithoutSlot())
+	// The gauge follows the log event, so that whoever sees it finds the
+	// reason logged.
+	defer k.metrics.setOverLimit(k.runsWithoutSlot())
 	how := "it expired or was released"
 	if errors.Is(err, leaseapi.ErrConflict) {
 		how = "it expired, and another holder owns the slot now"
