@@ -308,8 +308,10 @@ func TestFinalScrapeHasTheAppsStateAtExit(t *testing.T) {
 			if got.Value > lastExposed {
 				t.Errorf("the last stored sample %v is beyond the largest value the app exposed, %v", got.Value, lastExposed)
 			}
-			if maxMissed := float64(fetchInterval/appTick) + 1; missed < 0 || missed > maxMissed {
-				t.Errorf("the last stored sample %v is %v ticks short of the app's final value %v, want at most %v (one fetch interval)", got.Value, missed, final, maxMissed)
+			// One fetch interval of ticks, one for the tick under way, and
+			// two for the fetch's own time on a loaded machine.
+			if maxMissed := float64(fetchInterval/appTick) + 3; missed < 0 || missed > maxMissed {
+				t.Errorf("the last stored sample %v is %v ticks short of the app's final value %v, want at most %v (one fetch interval and the fetch's own time)", got.Value, missed, final, maxMissed)
 			}
 			if h, anyNode := f.holder(t, injected); h != "" || anyNode {
 				t.Errorf("the slot is still held after the exit (quorum holder %q, on some node: %v)", h, anyNode)
