@@ -10,10 +10,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
@@ -22,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/logging"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/sidecar/leasekeeper"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/sidecar/metricsproxy"
 )
@@ -189,7 +188,7 @@ func (s *Sidecar) Run(ctx context.Context, ln net.Listener) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          log.New(logWriter{s.log}, "", 0),
+		ErrorLog:          logging.StdLogger(s.log, zerolog.WarnLevel),
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
@@ -342,12 +341,4 @@ func causeText(err error) string {
 		return "unknown"
 	}
 	return err.Error()
-}
-
-// logWriter turns the http.Server's error log lines into log events.
-type logWriter struct{ log zerolog.Logger }
-
-func (w logWriter) Write(p []byte) (int, error) {
-	w.log.Warn().Msg(strings.TrimSpace(string(p)))
-	return len(p), nil
 }
