@@ -69,6 +69,10 @@ type podSpecView struct {
 type containerView struct {
 	Name  string     `json:"name"`
 	Ports []portView `json:"ports"`
+	// HasLifecycle and HasPreStop say whether the container has lifecycle
+	// hooks, and a preStop hook among them.
+	HasLifecycle bool `json:"-"`
+	HasPreStop   bool `json:"-"`
 }
 
 type portView struct {
@@ -93,6 +97,7 @@ type plan struct {
 	key            string // empty: no semaphore
 	size           int
 	startupTimeout time.Duration
+	scrapeInterval time.Duration
 	warnings       []string
 }
 
@@ -110,7 +115,7 @@ func invalid(format string, args ...any) *denial {
 
 // planFor validates the pod's annotations and containers against the
 // sidecar's port.
-func planFor(pod *podView, sidecarPort int32) (*plan, *denial) {
+func planFor(pod *podView, sidecarPort int32, defaultScrapeInterval time.Duration) (*plan, *denial) {
 	ann := pod.Metadata.Annotations
 	p := &plan{path: defaultMetricsPath, startupTimeout: DefaultStartupTimeout}
 	if len(pod.Spec.Containers) == 0 {
@@ -159,6 +164,12 @@ func planFor(pod *podView, sidecarPort int32) (*plan, *denial) {
 	if d := portClash(pod, sidecarPort); d != nil {
 		return nil, d
 	}
+
+	interval, d := scrapeIntervalFor(ann, defaultScrapeInterval)
+	if d != nil {
+		return nil, d
+	}
+	p.scrapeInterval = interval
 
 	if raw, ok := ann[AnnotationPath]; ok {
 		if !validPath(raw) {

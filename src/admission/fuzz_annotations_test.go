@@ -75,7 +75,7 @@ func FuzzAnnotations(f *testing.F) {
 			{Name: "http", ContainerPort: containerPort, HostPort: hostPort},
 		}}}
 
-		p, den := planFor(&pod, sidecarPort)
+		p, den := planFor(&pod, sidecarPort, DefaultScrapeInterval)
 		if (p == nil) == (den == nil) {
 			t.Fatalf("planFor answered plan %+v and denial %+v: want exactly one", p, den)
 		}

@@ -364,7 +364,7 @@ func (h *Handler) decide(r *http.Request, rv *review, out []byte, d *decision) {
 		h.deny(d, rv, out, &denial{code: 400, reason: reasonInvalid, message: "the admission request names no namespace for the pod"})
 		return
 	}
-	p, den := planFor(pod, h.template.port)
+	p, den := planFor(pod, h.template.port, h.template.scrapeInterval)
 	if den != nil {
 		h.deny(d, rv, out, den)
 		return

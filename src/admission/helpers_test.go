@@ -34,7 +34,7 @@ func testSidecar() Sidecar {
 	return Sidecar{
 		Image: "example.org/pmph:test", PullPolicy: "IfNotPresent", Port: 65532,
 		CPURequest: "10m", MemoryRequest: "16Mi", MemoryLimit: "32Mi",
-		FinalScrapeWait: 40 * time.Second, LeaseURL: testLeaseURL,
+		ScrapeInterval: time.Minute, LeaseURL: testLeaseURL,
 	}
 }
 

@@ -23,20 +23,13 @@ type Sidecar struct {
 	// Native injects a native sidecar: the first init container, with
 	// restartPolicy Always (Kubernetes 1.29+).
 	Native bool
-	// FinalScrapeWait is how long a terminating sidecar waits for one more
-	// scrape; the pod's grace period is raised to cover it.
-	FinalScrapeWait time.Duration
+	// ScrapeInterval is the default of the pod's declared scrape interval
+	// (annotation scrape-interval): the sidecar waits up to that after the
+	// app stopped, and the grace period grows by it (gracePeriodFor).
+	ScrapeInterval time.Duration
 	// LeaseURL is the lease API base URL the sidecar renews through.
 	LeaseURL string
 }
-
-// GraceMargin is added to the final scrape wait for the pod's
-// terminationGracePeriodSeconds: the sidecar still has to stop and release
-// its slot after the last scrape.
-const GraceMargin = 10 * time.Second
-
-// defaultGracePeriod is what Kubernetes uses when the pod sets none.
-const defaultGracePeriod = 30
 
 func (s *Sidecar) validate() error {
 	switch {
@@ -46,8 +39,8 @@ func (s *Sidecar) validate() error {
 		return fmt.Errorf("admission: sidecar port %d must be from 1 to 65535", s.Port)
 	case s.PullPolicy != "Always" && s.PullPolicy != "IfNotPresent" && s.PullPolicy != "Never":
 		return fmt.Errorf("admission: sidecar image pull policy %q must be Always, IfNotPresent or Never", s.PullPolicy)
-	case s.FinalScrapeWait < 0:
-		return fmt.Errorf("admission: final scrape wait %s must not be negative", s.FinalScrapeWait)
+	case s.ScrapeInterval < MinScrapeInterval || s.ScrapeInterval > MaxScrapeInterval:
+		return fmt.Errorf("admission: scrape interval %s must be from %s to %s", s.ScrapeInterval, shortDuration(MinScrapeInterval), shortDuration(MaxScrapeInterval))
 	}
 	return nil
 }
@@ -55,12 +48,11 @@ func (s *Sidecar) validate() error {
 // template holds the parts of the sidecar container that never change,
 // encoded once: the patch for one pod appends them around its env.
 type template struct {
-	head []byte // {"name":...,"image":...,"imagePullPolicy":...,"command":[...],"ports":[...],
-	tail []byte // ,"resources":...,"securityContext":...}
-	port int32
-	// gracePeriod is the lowest terminationGracePeriodSeconds a pod keeps.
-	gracePeriod      int64
-	finalScrapeWait  string
+	head             []byte // {"name":...,"image":...,"imagePullPolicy":...,"command":[...],"ports":[...],
+	tail             []byte // ,"resources":...,"securityContext":...}
+	port             int32
+	scrapeInterval   time.Duration
+	native           bool
 	leaseURL         string
 	listenAddressEnv string
 }
@@ -71,8 +63,8 @@ func newTemplate(s Sidecar) (*template, error) {
 	}
 	t := &template{
 		port:             s.Port,
-		gracePeriod:      int64((s.FinalScrapeWait + GraceMargin + time.Second - 1) / time.Second),
-		finalScrapeWait:  s.FinalScrapeWait.String(),
+		scrapeInterval:   s.ScrapeInterval,
+		native:           s.Native,
 		leaseURL:         s.LeaseURL,
 		listenAddressEnv: ":" + strconv.Itoa(int(s.Port)),
 	}
@@ -93,7 +85,7 @@ func newTemplate(s Sidecar) (*template, error) {
 		}
 		tail = appendQuantities(tail, "limits", map[string]string{"cpu": s.CPULimit, "memory": s.MemoryLimit})
 	}
-	tail = append(tail, `},"securityContext":{"runAsNonRoot":true,"runAsUser":65532,"runAsGroup":65532,`+
+	tail = append(tail, `},`+startupProbeJSON(SidecarPortName)+`,"securityContext":{"runAsNonRoot":true,"runAsUser":65532,"runAsGroup":65532,`+
 		`"allowPrivilegeEscalation":false,"readOnlyRootFilesystem":true,`+
 		`"capabilities":{"drop":["ALL"]},"seccompProfile":{"type":"RuntimeDefault"}}`...)
 	if s.Native {
@@ -143,14 +135,7 @@ type leaseEnv struct {
 // period. Every operation is an "add", which also replaces an existing
 // object member.
 func (t *template) appendPatch(b []byte, pod *podView, p *plan, lease *leaseEnv, native bool) []byte {
-	grace := int64(defaultGracePeriod)
-	raiseGrace := false
-	if tg := pod.Spec.TerminationGracePeriodSeconds; tg != nil {
-		grace = *tg
-	}
-	if grace < t.gracePeriod {
-		grace, raiseGrace = t.gracePeriod, true
-	}
+	grace := gracePeriodFor(pod.Spec.TerminationGracePeriodSeconds, p.scrapeInterval)
 
 	b = append(b, '[')
 	// Annotations.
@@ -206,7 +191,10 @@ func (t *template) appendPatch(b []byte, pod *podView, p *plan, lease *leaseEnv,
 	up = append(up, p.path...)
 	b = appendEnv(b, "PMPH_UPSTREAM", string(up), true)
 	b = appendEnv(b, "PMPH_GRACE_PERIOD", strconv.FormatInt(grace, 10)+"s", true)
-	b = appendEnv(b, "PMPH_FINAL_SCRAPE_WAIT", t.finalScrapeWait, true)
+	b = appendEnv(b, "PMPH_SCRAPE_INTERVAL", p.scrapeInterval.String(), true)
+	if native {
+		b = appendEnv(b, "PMPH_NATIVE_SIDECAR", "true", true)
+	}
 	if lease != nil {
 		b = appendEnv(b, "PMPH_LEASE_URL", t.leaseURL, true)
 		if len(lease.ca) > 0 {
@@ -227,10 +215,11 @@ func (t *template) appendPatch(b []byte, pod *podView, p *plan, lease *leaseEnv,
 	}
 	b = append(b, '}')
 
-	if raiseGrace {
-		b = append(b, `,{"op":"add","path":"/spec/terminationGracePeriodSeconds","value":`...)
-		b = appendInt(b, grace)
-		b = append(b, '}')
+	b = append(b, `,{"op":"add","path":"/spec/terminationGracePeriodSeconds","value":`...)
+	b = appendInt(b, grace)
+	b = append(b, '}')
+	if native {
+		b = appendPreStopOps(b, pod.Spec.Containers, t.port)
 	}
 	return append(b, ']')
 }

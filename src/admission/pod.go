@@ -194,6 +194,8 @@ func (s *scanner) containers(dst *[]containerView) error {
 					return s.optText(&c.Name)
 				case jsonscan.EqualsKey(key, esc, "ports"):
 					return s.ports(&c)
+				case jsonscan.EqualsKey(key, esc, "lifecycle"):
+					return s.lifecycle(&c)
 				}
 				return s.Skip()
 			}); err != nil {
@@ -202,6 +204,27 @@ func (s *scanner) containers(dst *[]containerView) error {
 		}
 		*dst = append(*dst, c)
 		return nil
+	})
+}
+
+// lifecycle notes whether the container has lifecycle hooks and a preStop
+// hook; a null counts as absent.
+func (s *scanner) lifecycle(c *containerView) error {
+	c.HasLifecycle, c.HasPreStop = false, false
+	if s.IsNull() {
+		return nil
+	}
+	c.HasLifecycle = true
+	return s.Object(func(key []byte, esc bool) error {
+		if !jsonscan.EqualsKey(key, esc, "preStop") {
+			return s.Skip()
+		}
+		if s.IsNull() {
+			c.HasPreStop = false
+			return nil
+		}
+		c.HasPreStop = true
+		return s.Skip()
 	})
 }
 

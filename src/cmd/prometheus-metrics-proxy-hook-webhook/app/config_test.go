@@ -27,7 +27,7 @@ func TestDefaults(t *testing.T) {
 		LeaseTTL: 30 * time.Second, NoQuorumPolicy: admission.NoQuorumDeny, ShutdownTimeout: 20 * time.Second, ShutdownDelay: 5 * time.Second,
 		LogLevel: "info", LogFormat: "json",
 		Sidecar: admission.Sidecar{Image: "img:1", PullPolicy: "IfNotPresent", Port: 65532, CPURequest: "10m",
-			MemoryRequest: "16Mi", MemoryLimit: "32Mi", FinalScrapeWait: 40 * time.Second, LeaseURL: "https://pmph.ns.svc:443"},
+			MemoryRequest: "16Mi", MemoryLimit: "32Mi", Native: true, ScrapeInterval: time.Minute, LeaseURL: "https://pmph.ns.svc:443"},
 	}
 	if !equalConfig(c, &want) {
 		t.Fatalf("got %+v\nwant %+v", *c, want)
@@ -53,14 +53,14 @@ func TestEnvAndFlags(t *testing.T) {
 		"PMPH_REDIS_PASSWORD_FILE":  pw,
 		"PMPH_NO_QUORUM_POLICY":     "allow",
 		"PMPH_SIDECAR_MEMORY_LIMIT": "", // empty means unset
-		"PMPH_FINAL_SCRAPE_WAIT":    "1m",
+		"PMPH_SCRAPE_INTERVAL":      "15s",
 	}), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !c.EnableHTTP2 || !c.Sidecar.Native || c.Sidecar.Port != 9000 || c.RedisPassword != "s3cret" ||
 		c.NoQuorumPolicy != admission.NoQuorumAllow || c.Sidecar.CPULimit != "500m" || c.Sidecar.MemoryLimit != "32Mi" ||
-		c.Sidecar.FinalScrapeWait != time.Minute {
+		c.Sidecar.ScrapeInterval != 15*time.Second {
 		t.Fatalf("config %+v", *c)
 	}
 }
