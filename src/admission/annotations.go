@@ -5,6 +5,9 @@ import (
 	"strconv"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
+
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseapi"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/semaphore"
 )
@@ -44,61 +47,22 @@ const (
 	maxPathLength         = 1024
 )
 
-// podView is what the handler reads of an annotated pod (readPod fills it);
-// everything else is skipped, which is far cheaper than decoding a whole
-// corev1.Pod.
-type podView struct {
-	Metadata struct {
-		Name         string            `json:"name"`
-		GenerateName string            `json:"generateName"`
-		Annotations  map[string]string `json:"annotations"`
-	} `json:"metadata"`
-	Spec podSpecView `json:"spec"`
-}
-
-type podSpecView struct {
-	Containers                    []containerView `json:"containers"`
-	InitContainers                []containerView `json:"initContainers"`
-	HostNetwork                   bool            `json:"hostNetwork"`
-	TerminationGracePeriodSeconds *int64          `json:"terminationGracePeriodSeconds"`
-}
-
-type containerView struct {
-	Name  string     `json:"name"`
-	Ports []portView `json:"ports"`
-}
-
-type portView struct {
-	Name          string `json:"name"`
-	ContainerPort int32  `json:"containerPort"`
-	HostPort      int32  `json:"hostPort"`
-}
-
-// displayName is the pod's name for messages and logs: the name, or the
-// generateName prefix the API server has not completed yet.
-func (p *podView) displayName() string {
-	if p.Metadata.Name != "" {
-		return p.Metadata.Name
-	}
-	return p.Metadata.GenerateName
-}
-
-// plan is what the annotations ask for, validated.
+// plan is what the annotations ask for, validated, and what the patch
+// needs of the pod, so that the pod itself is not kept while a slot is
+// taken.
 type plan struct {
-	port           int32
-	path           string
-	key            string // empty: no semaphore
-	size           int
+	metricsPort    int32
+	metricsPath    string
+	semaphoreKey   string // empty: no semaphore
+	semaphoreSize  int
 	startupTimeout time.Duration
 	warnings       []string
-}
 
-// denial is an admission refusal: the HTTP-like code the API server passes
-// on to the client, the metrics reason, and the message kubectl shows.
-type denial struct {
-	code    int32
-	reason  reason
-	message string
+	hasAnnotations bool
+	initContainers int
+	// gracePeriod is the pod's terminationGracePeriodSeconds, or the
+	// default Kubernetes applies when it sets none.
+	gracePeriod int64
 }
 
 func invalid(format string, args ...any) *denial {
@@ -107,9 +71,15 @@ func invalid(format string, args ...any) *denial {
 
 // planFor validates the pod's annotations and containers against the
 // sidecar's port.
-func planFor(pod *podView, sidecarPort int32) (*plan, *denial) {
-	ann := pod.Metadata.Annotations
-	p := &plan{path: defaultMetricsPath, startupTimeout: DefaultStartupTimeout}
+func planFor(pod *corev1.Pod, sidecarPort int32) (*plan, *denial) {
+	ann := pod.Annotations
+	p := &plan{
+		metricsPath: defaultMetricsPath, startupTimeout: DefaultStartupTimeout,
+		hasAnnotations: ann != nil, initContainers: len(pod.Spec.InitContainers), gracePeriod: defaultGracePeriod,
+	}
+	if tg := pod.Spec.TerminationGracePeriodSeconds; tg != nil {
+		p.gracePeriod = *tg
+	}
 	if len(pod.Spec.Containers) == 0 {
 		// Validation, which runs after admission, would refuse the pod
 		// anyway; a patch could not even add the sidecar to it.
@@ -136,7 +106,7 @@ func planFor(pod *podView, sidecarPort int32) (*plan, *denial) {
 		if d != nil {
 			return nil, d
 		}
-		p.port = port
+		p.metricsPort = port
 	} else {
 		port, found := namedPort(pod, MetricsPortName)
 		if !found {
@@ -144,11 +114,11 @@ func planFor(pod *podView, sidecarPort int32) (*plan, *denial) {
 				"annotation %s is absent and no container port is named %q; set %s to the port of the application's metrics endpoint",
 				AnnotationPort, MetricsPortName, AnnotationPort)}
 		}
-		p.port = port
+		p.metricsPort = port
 		p.warnings = append(p.warnings, fmt.Sprintf(
 			"annotation %s is absent: the metrics port %d was found by its name %q", AnnotationPort, port, MetricsPortName))
 	}
-	if p.port == sidecarPort {
+	if p.metricsPort == sidecarPort {
 		return nil, &denial{code: 400, reason: reasonConflict, message: fmt.Sprintf(
 			"annotation %s %q is the port of the injected metrics proxy (%d); the application must serve its metrics on another port",
 			AnnotationPort, ann[AnnotationPort], sidecarPort)}
@@ -162,7 +132,7 @@ func planFor(pod *podView, sidecarPort int32) (*plan, *denial) {
 			return nil, invalid("annotation %s %q must be a URL path that starts with \"/\", at most %d characters without spaces or control characters",
 				AnnotationPath, raw, maxPathLength)
 		}
-		p.path = raw
+		p.metricsPath = raw
 	}
 
 	key, hasKey := ann[AnnotationSemaphoreKey]
@@ -188,7 +158,7 @@ func planFor(pod *podView, sidecarPort int32) (*plan, *denial) {
 			return nil, invalid("annotation %s %q is set but annotation %s is missing; name the semaphore or remove the size",
 				AnnotationSemaphoreSize, rawSize, AnnotationSemaphoreKey)
 		}
-		p.key, p.size = key, size
+		p.semaphoreKey, p.semaphoreSize = key, size
 	}
 	if hasTimeout {
 		d, err := time.ParseDuration(rawTimeout)
@@ -214,15 +184,15 @@ func digits(s string) bool {
 }
 
 // parsePort accepts a port number or the name of a container port.
-func parsePort(raw string, pod *podView) (int32, *denial) {
+func parsePort(raw string, pod *corev1.Pod) (int32, *denial) {
 	if raw != "" && raw[0] >= '0' && raw[0] <= '9' {
 		n, err := strconv.Atoi(raw)
-		if err != nil || n < 1 || n > 65535 {
+		if err != nil || len(validation.IsValidPortNum(n)) != 0 {
 			return 0, invalid("annotation %s %q must be a port number from 1 to 65535 or the name of a container port", AnnotationPort, raw)
 		}
 		return int32(n), nil
 	}
-	if !validPortName(raw) {
+	if len(validation.IsValidPortName(raw)) != 0 {
 		return 0, invalid("annotation %s %q must be a port number from 1 to 65535 or the name of a container port", AnnotationPort, raw)
 	}
 	port, ok := namedPort(pod, raw)
@@ -233,32 +203,8 @@ func parsePort(raw string, pod *podView) (int32, *denial) {
 	return port, nil
 }
 
-// validPortName is Kubernetes' IANA_SVC_NAME: 1-15 lowercase letters, digits
-// and '-', at least one letter, no leading, trailing or double '-'.
-func validPortName(s string) bool {
-	if len(s) == 0 || len(s) > 15 || s[0] == '-' || s[len(s)-1] == '-' {
-		return false
-	}
-	letter := false
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z':
-			letter = true
-		case c >= '0' && c <= '9':
-		case c == '-':
-			if s[i-1] == '-' {
-				return false
-			}
-		default:
-			return false
-		}
-	}
-	return letter
-}
-
-func namedPort(pod *podView, name string) (int32, bool) {
-	for _, list := range [][]containerView{pod.Spec.Containers, pod.Spec.InitContainers} {
+func namedPort(pod *corev1.Pod, name string) (int32, bool) {
+	for _, list := range [][]corev1.Container{pod.Spec.Containers, pod.Spec.InitContainers} {
 		for _, c := range list {
 			for _, port := range c.Ports {
 				if port.Name == name && port.ContainerPort > 0 {
@@ -273,8 +219,8 @@ func namedPort(pod *podView, name string) (int32, bool) {
 // portClash refuses pods whose containers declare the sidecar's port: every
 // container of a pod shares one network namespace (and with hostNetwork,
 // the node's), so two of them cannot listen on it.
-func portClash(pod *podView, sidecarPort int32) *denial {
-	for _, list := range [][]containerView{pod.Spec.Containers, pod.Spec.InitContainers} {
+func portClash(pod *corev1.Pod, sidecarPort int32) *denial {
+	for _, list := range [][]corev1.Container{pod.Spec.Containers, pod.Spec.InitContainers} {
 		for _, c := range list {
 			for _, port := range c.Ports {
 				if port.ContainerPort == sidecarPort || (pod.Spec.HostNetwork && port.HostPort == sidecarPort) {

@@ -8,9 +8,14 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/admission"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/semaphore"
@@ -178,41 +183,45 @@ func ParseConfig(args []string, getenv func(string) string, usage io.Writer) (*C
 	if *image == "" || strings.ContainsAny(*image, " \t\n") {
 		return nil, bad("sidecar-image", *image, "is required: set it to the image of the injected sidecar (this image)")
 	}
-	switch *pullPolicy {
-	case "Always", "IfNotPresent", "Never":
-	default:
+	pullPolicies := []corev1.PullPolicy{corev1.PullAlways, corev1.PullIfNotPresent, corev1.PullNever}
+	if !slices.Contains(pullPolicies, corev1.PullPolicy(*pullPolicy)) {
 		return nil, bad("sidecar-image-pull-policy", *pullPolicy, "must be Always, IfNotPresent or Never")
 	}
 	port, err := strconv.Atoi(*sidecarPort)
-	if err != nil || port < 1 || port > 65535 {
+	if err != nil || len(validation.IsValidPortNum(port)) != 0 {
 		return nil, bad("sidecar-port", *sidecarPort, "must be a port number from 1 to 65535")
 	}
 	finalScrapeWait, err := duration(*finalWait, 0, time.Hour)
 	if err != nil {
 		return nil, bad("final-scrape-wait", *finalWait, err.Error())
 	}
+	command, args := sidecarEntrypoint()
 	c.Sidecar = admission.Sidecar{
-		Image: *image, PullPolicy: *pullPolicy, Port: int32(port), Native: c.Sidecar.Native,
+		Image: *image, PullPolicy: corev1.PullPolicy(*pullPolicy), Command: command, Args: args,
+		Port: int32(port), Native: c.Sidecar.Native,
 		FinalScrapeWait: finalScrapeWait, LeaseURL: strings.TrimSuffix(*leaseURL, "/"),
 	}
 	for _, q := range []struct {
-		name string
-		in   string
-		out  *string
+		name, in string
+		list     *corev1.ResourceList
+		resource corev1.ResourceName
 	}{
-		{"sidecar-cpu-request", *cpuReq, &c.Sidecar.CPURequest},
-		{"sidecar-memory-request", *memReq, &c.Sidecar.MemoryRequest},
-		{"sidecar-cpu-limit", *cpuLim, &c.Sidecar.CPULimit},
-		{"sidecar-memory-limit", *memLim, &c.Sidecar.MemoryLimit},
+		{"sidecar-cpu-request", *cpuReq, &c.Sidecar.Resources.Requests, corev1.ResourceCPU},
+		{"sidecar-memory-request", *memReq, &c.Sidecar.Resources.Requests, corev1.ResourceMemory},
+		{"sidecar-cpu-limit", *cpuLim, &c.Sidecar.Resources.Limits, corev1.ResourceCPU},
+		{"sidecar-memory-limit", *memLim, &c.Sidecar.Resources.Limits, corev1.ResourceMemory},
 	} {
 		if q.in == "" {
 			continue
 		}
-		v, sign, err := canonicalQuantity(q.in)
-		if err != nil || sign <= 0 {
+		v, err := resource.ParseQuantity(q.in)
+		if err != nil || v.Sign() <= 0 {
 			return nil, bad(q.name, q.in, "must be a positive Kubernetes quantity such as 10m, 16Mi or 0.5, or empty for none")
 		}
-		*q.out = v
+		if *q.list == nil {
+			*q.list = corev1.ResourceList{}
+		}
+		(*q.list)[q.resource] = v
 	}
 	if c.ShutdownDelay, err = duration(*delay, 0, time.Minute); err != nil {
 		return nil, bad("shutdown-delay", *delay, err.Error())
@@ -244,6 +253,12 @@ func ParseConfig(args []string, getenv func(string) string, usage io.Writer) (*C
 	return c, nil
 }
 
+// sidecarEntrypoint is how the injected container starts the sidecar from
+// the image.
+func sidecarEntrypoint() (command, args []string) {
+	return nil, []string{"sidecar"}
+}
+
 func lookup(getenv func(string) string, name string) (string, bool) {
 	v := getenv(name)
 	return v, v != ""
@@ -254,7 +269,7 @@ func validPort(s string, zeroOK bool) bool {
 	if err != nil {
 		return false
 	}
-	return n <= 65535 && (n >= 1 || (zeroOK && n == 0))
+	return len(validation.IsValidPortNum(n)) == 0 || (zeroOK && n == 0)
 }
 
 func duration(s string, lo, hi time.Duration) (time.Duration, error) {

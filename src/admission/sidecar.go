@@ -1,0 +1,121 @@
+package admission
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
+)
+
+// Sidecar describes the injected container.
+type Sidecar struct {
+	Image      string
+	PullPolicy corev1.PullPolicy
+	// Command and Args start the sidecar in Image.
+	Command, Args []string
+	// Port is where the metrics proxy listens; prometheus.io/port is
+	// rewritten to it.
+	Port int32
+	// Resources are the sidecar's requests and limits.
+	Resources corev1.ResourceRequirements
+	// Native injects a native sidecar: the first init container, with
+	// restartPolicy Always (Kubernetes 1.29+).
+	Native bool
+	// FinalScrapeWait is how long a terminating sidecar waits for one more
+	// scrape; the pod's grace period is raised to cover it.
+	FinalScrapeWait time.Duration
+	// LeaseURL is the lease API base URL the sidecar renews through.
+	LeaseURL string
+}
+
+// GraceMargin is added to the final scrape wait for the pod's
+// terminationGracePeriodSeconds: the sidecar still has to stop and release
+// its slot after the last scrape.
+const GraceMargin = 10 * time.Second
+
+// defaultGracePeriod is what Kubernetes uses when the pod sets none.
+const defaultGracePeriod = 30
+
+// sidecarUser runs the sidecar: the distroless image's nonroot user.
+const sidecarUser = 65532
+
+func (s *Sidecar) validate() error {
+	switch {
+	case s.Image == "":
+		return errors.New("admission: the sidecar image is required")
+	case len(s.Command) == 0 && len(s.Args) == 0:
+		return errors.New("admission: the sidecar's command or arguments are required")
+	case len(validation.IsValidPortNum(int(s.Port))) != 0:
+		return fmt.Errorf("admission: sidecar port %d must be from 1 to 65535", s.Port)
+	case s.PullPolicy != corev1.PullAlways && s.PullPolicy != corev1.PullIfNotPresent && s.PullPolicy != corev1.PullNever:
+		return fmt.Errorf("admission: sidecar image pull policy %q must be Always, IfNotPresent or Never", s.PullPolicy)
+	case s.FinalScrapeWait < 0:
+		return fmt.Errorf("admission: final scrape wait %s must not be negative", s.FinalScrapeWait)
+	}
+	return nil
+}
+
+// injection is what every patch shares, built once: the sidecar container
+// without its per-pod environment, and the settings the environment and
+// the grace period come from.
+type injection struct {
+	container corev1.Container
+	native    bool
+	port      int32
+	// minGracePeriod is the lowest terminationGracePeriodSeconds a pod
+	// keeps.
+	minGracePeriod   int64
+	finalScrapeWait  string
+	leaseURL         string
+	listenAddressEnv string
+}
+
+func newInjection(s Sidecar) (*injection, error) {
+	if err := s.validate(); err != nil {
+		return nil, err
+	}
+	return &injection{
+		container:        sidecarContainer(s),
+		native:           s.Native,
+		port:             s.Port,
+		minGracePeriod:   int64((s.FinalScrapeWait + GraceMargin + time.Second - 1) / time.Second),
+		finalScrapeWait:  s.FinalScrapeWait.String(),
+		leaseURL:         s.LeaseURL,
+		listenAddressEnv: ":" + strconv.Itoa(int(s.Port)),
+	}, nil
+}
+
+// sidecarContainer is the injected container, restricted as the Pod
+// Security Standards' restricted profile asks.
+func sidecarContainer(s Sidecar) corev1.Container {
+	c := corev1.Container{
+		Name:            ContainerName,
+		Image:           s.Image,
+		ImagePullPolicy: s.PullPolicy,
+		Command:         s.Command,
+		Args:            s.Args,
+		Ports: []corev1.ContainerPort{{
+			Name: SidecarPortName, ContainerPort: s.Port, Protocol: corev1.ProtocolTCP,
+		}},
+		Resources: s.Resources,
+		SecurityContext: &corev1.SecurityContext{
+			RunAsNonRoot:             pointerTo(true),
+			RunAsUser:                pointerTo[int64](sidecarUser),
+			RunAsGroup:               pointerTo[int64](sidecarUser),
+			AllowPrivilegeEscalation: pointerTo(false),
+			ReadOnlyRootFilesystem:   pointerTo(true),
+			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+			SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+		},
+		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+	}
+	if s.Native {
+		c.RestartPolicy = pointerTo(corev1.ContainerRestartPolicyAlways)
+	}
+	return c
+}
+
+func pointerTo[T any](v T) *T { return &v }
