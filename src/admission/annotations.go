@@ -72,45 +72,60 @@ func invalid(format string, args ...any) *denial {
 // planFor validates the pod's annotations and containers against the
 // sidecar's port.
 func planFor(pod *corev1.Pod, sidecarPort int32) (*plan, *denial) {
-	ann := pod.Annotations
 	p := &plan{
 		metricsPath: defaultMetricsPath, startupTimeout: DefaultStartupTimeout,
-		hasAnnotations: ann != nil, initContainers: len(pod.Spec.InitContainers), gracePeriod: defaultGracePeriod,
+		hasAnnotations: pod.Annotations != nil, initContainers: len(pod.Spec.InitContainers), gracePeriod: defaultGracePeriod,
 	}
 	if tg := pod.Spec.TerminationGracePeriodSeconds; tg != nil {
 		p.gracePeriod = *tg
 	}
+	if d := checkContainers(pod); d != nil {
+		return nil, d
+	}
+	if d := p.metricsEndpoint(pod, sidecarPort); d != nil {
+		return nil, d
+	}
+	if d := p.semaphoreRequest(pod.Annotations); d != nil {
+		return nil, d
+	}
+	return p, nil
+}
+
+// checkContainers refuses a pod the sidecar cannot be added to.
+func checkContainers(pod *corev1.Pod) *denial {
 	if len(pod.Spec.Containers) == 0 {
 		// Validation, which runs after admission, would refuse the pod
 		// anyway; a patch could not even add the sidecar to it.
-		return nil, invalid("the pod has no containers; it needs at least one before the metrics proxy can be injected")
+		return invalid("the pod has no containers; it needs at least one before the metrics proxy can be injected")
 	}
-
-	for _, c := range pod.Spec.Containers {
-		if c.Name == ContainerName {
-			return nil, &denial{code: 400, reason: reasonConflict, message: fmt.Sprintf(
-				"container %q already exists but the pod has no annotation %s: \"true\"; rename the container, the webhook injects one of that name",
-				ContainerName, AnnotationInjected)}
+	for _, list := range []struct {
+		what       string
+		containers []corev1.Container
+	}{{"container", pod.Spec.Containers}, {"init container", pod.Spec.InitContainers}} {
+		for _, c := range list.containers {
+			if c.Name == ContainerName {
+				return &denial{code: 400, reason: reasonConflict, message: fmt.Sprintf(
+					"%s %q already exists but the pod has no annotation %s: \"true\"; rename the container, the webhook injects one of that name",
+					list.what, ContainerName, AnnotationInjected)}
+			}
 		}
 	}
-	for _, c := range pod.Spec.InitContainers {
-		if c.Name == ContainerName {
-			return nil, &denial{code: 400, reason: reasonConflict, message: fmt.Sprintf(
-				"init container %q already exists but the pod has no annotation %s: \"true\"; rename the container, the webhook injects one of that name",
-				ContainerName, AnnotationInjected)}
-		}
-	}
+	return nil
+}
 
+// metricsEndpoint reads the port and the path the sidecar proxies to.
+func (p *plan) metricsEndpoint(pod *corev1.Pod, sidecarPort int32) *denial {
+	ann := pod.Annotations
 	if raw, ok := ann[AnnotationPort]; ok {
 		port, d := parsePort(raw, pod)
 		if d != nil {
-			return nil, d
+			return d
 		}
 		p.metricsPort = port
 	} else {
 		port, found := namedPort(pod, MetricsPortName)
 		if !found {
-			return nil, &denial{code: 400, reason: reasonNoPort, message: fmt.Sprintf(
+			return &denial{code: 400, reason: reasonNoPort, message: fmt.Sprintf(
 				"annotation %s is absent and no container port is named %q; set %s to the port of the application's metrics endpoint",
 				AnnotationPort, MetricsPortName, AnnotationPort)}
 		}
@@ -119,31 +134,35 @@ func planFor(pod *corev1.Pod, sidecarPort int32) (*plan, *denial) {
 			"annotation %s is absent: the metrics port %d was found by its name %q", AnnotationPort, port, MetricsPortName))
 	}
 	if p.metricsPort == sidecarPort {
-		return nil, &denial{code: 400, reason: reasonConflict, message: fmt.Sprintf(
+		return &denial{code: 400, reason: reasonConflict, message: fmt.Sprintf(
 			"annotation %s %q is the port of the injected metrics proxy (%d); the application must serve its metrics on another port",
 			AnnotationPort, ann[AnnotationPort], sidecarPort)}
 	}
 	if d := portClash(pod, sidecarPort); d != nil {
-		return nil, d
+		return d
 	}
-
 	if raw, ok := ann[AnnotationPath]; ok {
 		if !validPath(raw) {
-			return nil, invalid("annotation %s %q must be a URL path that starts with \"/\", at most %d characters without spaces or control characters",
+			return invalid("annotation %s %q must be a URL path that starts with \"/\", at most %d characters without spaces or control characters",
 				AnnotationPath, raw, maxPathLength)
 		}
 		p.metricsPath = raw
 	}
+	return nil
+}
 
+// semaphoreRequest reads the semaphore the pod names, its size and the
+// startup timeout of its slot.
+func (p *plan) semaphoreRequest(ann map[string]string) *denial {
 	key, hasKey := ann[AnnotationSemaphoreKey]
 	rawSize, hasSize := ann[AnnotationSemaphoreSize]
 	rawTimeout, hasTimeout := ann[AnnotationStartupTimeout]
 	if hasKey {
 		if err := leaseapi.ValidateKey(key); err != nil {
-			return nil, invalid("annotation %s %q %v", AnnotationSemaphoreKey, key, err)
+			return invalid("annotation %s %q %v", AnnotationSemaphoreKey, key, err)
 		}
 		if !hasSize {
-			return nil, invalid("annotation %s is required with %s %q; set it to the number of slots, an integer from 1 to %d",
+			return invalid("annotation %s is required with %s %q; set it to the number of slots, an integer from 1 to %d",
 				AnnotationSemaphoreSize, AnnotationSemaphoreKey, key, semaphore.MaxSize)
 		}
 	}
@@ -152,10 +171,10 @@ func planFor(pod *corev1.Pod, sidecarPort int32) (*plan, *denial) {
 		// Digits only: Atoi also takes "+3", which reads like a relative
 		// change the annotation does not support.
 		if err != nil || !digits(rawSize) || size < 1 || size > semaphore.MaxSize {
-			return nil, invalid("annotation %s %q must be an integer from 1 to %d", AnnotationSemaphoreSize, rawSize, semaphore.MaxSize)
+			return invalid("annotation %s %q must be an integer from 1 to %d", AnnotationSemaphoreSize, rawSize, semaphore.MaxSize)
 		}
 		if !hasKey {
-			return nil, invalid("annotation %s %q is set but annotation %s is missing; name the semaphore or remove the size",
+			return invalid("annotation %s %q is set but annotation %s is missing; name the semaphore or remove the size",
 				AnnotationSemaphoreSize, rawSize, AnnotationSemaphoreKey)
 		}
 		p.semaphoreKey, p.semaphoreSize = key, size
@@ -163,7 +182,7 @@ func planFor(pod *corev1.Pod, sidecarPort int32) (*plan, *denial) {
 	if hasTimeout {
 		d, err := time.ParseDuration(rawTimeout)
 		if err != nil || d < MinStartupTimeout || d > MaxStartupTimeout {
-			return nil, invalid("annotation %s %q must be a Go duration from %s to %s, e.g. 5m",
+			return invalid("annotation %s %q must be a Go duration from %s to %s, e.g. 5m",
 				AnnotationStartupTimeout, rawTimeout, shortDuration(MinStartupTimeout), shortDuration(MaxStartupTimeout))
 		}
 		p.startupTimeout = d
@@ -171,7 +190,7 @@ func planFor(pod *corev1.Pod, sidecarPort int32) (*plan, *denial) {
 			p.warnings = append(p.warnings, fmt.Sprintf("annotation %s has no effect without %s", AnnotationStartupTimeout, AnnotationSemaphoreKey))
 		}
 	}
-	return p, nil
+	return nil
 }
 
 func digits(s string) bool {
