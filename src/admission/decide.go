@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 
-	admissionv1 "k8s.io/api/admission/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseapi"
@@ -42,7 +41,7 @@ func (d *decision) deny(den *denial) {
 // injection, takes a semaphore slot when the pod names one, and builds the
 // patch. An error is a patch that could not be encoded; the decision then
 // holds the slot taken for it, if any.
-func (h *Handler) decide(r *http.Request, req *admissionv1.AdmissionRequest) (*decision, error) {
+func (h *Handler) decide(r *http.Request, req *podRequest) (*decision, error) {
 	d := &decision{uid: req.UID, namespace: req.Namespace, dryRun: req.DryRun != nil && *req.DryRun, route: routePassthrough}
 	c := classify(req)
 	if c.pod == nil && c.decodeErr == nil {

@@ -566,6 +566,8 @@ func TestHTTPErrors(t *testing.T) {
 		{"null request", http.MethodPost, "application/json", `{"request":null}`, 400, "has no request"},
 		{"no uid", http.MethodPost, "application/json", `{"request":{"kind":{"kind":"Pod","version":"v1"},"operation":"CREATE"}}`, 400, "has no uid"},
 		{"empty uid", http.MethodPost, "application/json", `{"request":{"uid":""}}`, 400, "has no uid"},
+		{"a request field of the wrong type", http.MethodPost, "application/json", `{"request":{"uid":"a","dryRun":"yes","object":{"spec":{"containers":"x"}}}}`, 400, "not a valid AdmissionReview"},
+		{"nested too deep", http.MethodPost, "application/json", strings.Repeat("[", 10001) + strings.Repeat("]", 10001), 400, "nested deeper than 10000 levels"},
 		{"v1beta1", http.MethodPost, "application/json", `{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"a"}}`, 400, `apiVersion "admission.k8s.io/v1beta1" is not served`},
 		{"too large", http.MethodPost, "application/json", `{"request":{"uid":"a","x":"` + strings.Repeat("a", MaxBodyBytes) + `"}}`, 413, "exceeds the limit"},
 	}

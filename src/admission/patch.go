@@ -2,6 +2,7 @@ package admission
 
 import (
 	"encoding/json"
+	"fmt"
 	"strconv"
 	"strings"
 
@@ -32,8 +33,12 @@ type leaseEnv struct {
 // rewritten port annotation, the sidecar and the raised grace period.
 func (in *injection) patch(p *plan, lease *leaseEnv) ([]byte, error) {
 	grace := max(p.gracePeriod, in.minGracePeriod)
+	sidecar, err := in.sidecarJSON(p, lease, grace)
+	if err != nil {
+		return nil, err
+	}
 	ops := in.annotationOps(p, lease)
-	ops = append(ops, in.containerOp(p, in.sidecar(p, lease, grace)))
+	ops = append(ops, in.containerOp(p, sidecar))
 	if grace != p.gracePeriod {
 		ops = append(ops, patchOperation{Op: "add", Path: "/spec/terminationGracePeriodSeconds", Value: grace})
 	}
@@ -72,12 +77,12 @@ func annotationPath(key string) string {
 
 var pointerEscaper = strings.NewReplacer("~", "~0", "/", "~1")
 
-func (in *injection) containerOp(p *plan, c corev1.Container) patchOperation {
+func (in *injection) containerOp(p *plan, c json.RawMessage) patchOperation {
 	switch {
 	case !in.native:
 		return patchOperation{Op: "add", Path: "/spec/containers/-", Value: c}
 	case p.initContainers == 0:
-		return patchOperation{Op: "add", Path: "/spec/initContainers", Value: []corev1.Container{c}}
+		return patchOperation{Op: "add", Path: "/spec/initContainers", Value: []json.RawMessage{c}}
 	default:
 		// First, so that it runs before the other init containers and is
 		// up before the application's containers start.
@@ -85,8 +90,8 @@ func (in *injection) containerOp(p *plan, c corev1.Container) patchOperation {
 	}
 }
 
-// sidecar is the sidecar container with the pod's environment.
-func (in *injection) sidecar(p *plan, lease *leaseEnv, grace int64) corev1.Container {
+// sidecarJSON is the sidecar container with the pod's environment.
+func (in *injection) sidecarJSON(p *plan, lease *leaseEnv, grace int64) (json.RawMessage, error) {
 	env := make([]corev1.EnvVar, 0, 11)
 	add := func(name, value string) { env = append(env, corev1.EnvVar{Name: name, Value: value}) }
 	add("PMPH_LISTEN_ADDRESS", in.listenAddressEnv)
@@ -106,7 +111,12 @@ func (in *injection) sidecar(p *plan, lease *leaseEnv, grace int64) corev1.Conta
 			add("PMPH_LEASE_HOLDER", lease.lease.Holder)
 		}
 	}
-	c := in.container
-	c.Env = env
-	return c
+	envJSON, err := json.Marshal(env)
+	if err != nil {
+		return nil, fmt.Errorf("encoding the sidecar's environment: %w", err)
+	}
+	// The container is an object: its env can come first.
+	c := make(json.RawMessage, 0, len(`{"env":,`)+len(envJSON)+len(in.containerJSON))
+	c = append(append(append(c, `{"env":`...), envJSON...), ',')
+	return append(c, in.containerJSON[1:]...), nil
 }

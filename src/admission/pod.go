@@ -5,7 +5,6 @@ import (
 
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
-	kjson "sigs.k8s.io/json"
 )
 
 // classification is what the webhook makes of a review before planning:
@@ -21,21 +20,16 @@ type classification struct {
 }
 
 // classify tells the pods the webhook injects from the reviews it passes
-// unchanged. Only a Pod CREATE is decoded.
-func classify(req *admissionv1.AdmissionRequest) classification {
+// unchanged: only an opted-in Pod CREATE is the webhook's.
+func classify(req *podRequest) classification {
 	k := req.Kind
-	if k.Group != "" || k.Version != "v1" || k.Kind != "Pod" || req.SubResource != "" || req.Object.Raw == nil {
+	if k.Group != "" || k.Version != "v1" || k.Kind != "Pod" || req.SubResource != "" || req.Object == nil {
 		return classification{passed: reasonNotPod}
 	}
 	if req.Operation != admissionv1.Create {
 		return classification{passed: reasonNotCreate}
 	}
-	var pod corev1.Pod
-	// On a field of the wrong type the decoder goes on and reports the
-	// first such error at the end, so the annotations are read even from
-	// a pod it cannot decode whole: whether the pod opted in decides
-	// between passing it and denying it.
-	err := kjson.UnmarshalCaseSensitivePreserveInts(req.Object.Raw, &pod)
+	pod := req.Object
 	optIn, hasOptIn := pod.Annotations[AnnotationOptIn]
 	switch {
 	case optIn == "true":
@@ -49,10 +43,10 @@ func classify(req *admissionv1.AdmissionRequest) classification {
 	if pod.Annotations[AnnotationInjected] == "true" {
 		return classification{passed: reasonAlreadyInjected}
 	}
-	if err != nil {
-		return classification{decodeErr: err}
+	if req.objectErr != nil {
+		return classification{decodeErr: req.objectErr}
 	}
-	return classification{pod: &pod}
+	return classification{pod: pod}
 }
 
 // displayName is the pod's name for messages and logs: the name, or the

@@ -1,6 +1,7 @@
 package admission
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -62,9 +63,11 @@ func (s *Sidecar) validate() error {
 // without its per-pod environment, and the settings the environment and
 // the grace period come from.
 type injection struct {
-	container corev1.Container
-	native    bool
-	port      int32
+	// containerJSON is the sidecar container, encoded once without its
+	// environment; sidecarJSON adds a pod's.
+	containerJSON []byte
+	native        bool
+	port          int32
 	// minGracePeriod is the lowest terminationGracePeriodSeconds a pod
 	// keeps.
 	minGracePeriod   int64
@@ -77,8 +80,12 @@ func newInjection(s Sidecar) (*injection, error) {
 	if err := s.validate(); err != nil {
 		return nil, err
 	}
+	container, err := json.Marshal(sidecarContainer(s))
+	if err != nil {
+		return nil, fmt.Errorf("admission: encoding the sidecar container: %w", err)
+	}
 	return &injection{
-		container:        sidecarContainer(s),
+		containerJSON:    container,
 		native:           s.Native,
 		port:             s.Port,
 		minGracePeriod:   int64((s.FinalScrapeWait + GraceMargin + time.Second - 1) / time.Second),
