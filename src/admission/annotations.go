@@ -5,7 +5,6 @@ import (
 	"strconv"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseapi"
@@ -71,7 +70,7 @@ func invalid(format string, args ...any) *denial {
 
 // planFor validates the pod's annotations and containers against the
 // sidecar's port.
-func planFor(pod *corev1.Pod, sidecarPort int32) (*plan, *denial) {
+func planFor(pod *podObject, sidecarPort int32) (*plan, *denial) {
 	p := &plan{
 		metricsPath: defaultMetricsPath, startupTimeout: DefaultStartupTimeout,
 		hasAnnotations: pod.Annotations != nil, initContainers: len(pod.Spec.InitContainers), gracePeriod: defaultGracePeriod,
@@ -92,7 +91,7 @@ func planFor(pod *corev1.Pod, sidecarPort int32) (*plan, *denial) {
 }
 
 // checkContainers refuses a pod the sidecar cannot be added to.
-func checkContainers(pod *corev1.Pod) *denial {
+func checkContainers(pod *podObject) *denial {
 	if len(pod.Spec.Containers) == 0 {
 		// Validation, which runs after admission, would refuse the pod
 		// anyway; a patch could not even add the sidecar to it.
@@ -100,7 +99,7 @@ func checkContainers(pod *corev1.Pod) *denial {
 	}
 	for _, list := range []struct {
 		what       string
-		containers []corev1.Container
+		containers []containerPorts
 	}{{"container", pod.Spec.Containers}, {"init container", pod.Spec.InitContainers}} {
 		for _, c := range list.containers {
 			if c.Name == ContainerName {
@@ -114,7 +113,7 @@ func checkContainers(pod *corev1.Pod) *denial {
 }
 
 // metricsEndpoint reads the port and the path the sidecar proxies to.
-func (p *plan) metricsEndpoint(pod *corev1.Pod, sidecarPort int32) *denial {
+func (p *plan) metricsEndpoint(pod *podObject, sidecarPort int32) *denial {
 	ann := pod.Annotations
 	if raw, ok := ann[AnnotationPort]; ok {
 		port, d := parsePort(raw, pod)
@@ -203,7 +202,7 @@ func digits(s string) bool {
 }
 
 // parsePort accepts a port number or the name of a container port.
-func parsePort(raw string, pod *corev1.Pod) (int32, *denial) {
+func parsePort(raw string, pod *podObject) (int32, *denial) {
 	if raw != "" && raw[0] >= '0' && raw[0] <= '9' {
 		n, err := strconv.Atoi(raw)
 		if err != nil || len(validation.IsValidPortNum(n)) != 0 {
@@ -222,8 +221,8 @@ func parsePort(raw string, pod *corev1.Pod) (int32, *denial) {
 	return port, nil
 }
 
-func namedPort(pod *corev1.Pod, name string) (int32, bool) {
-	for _, list := range [][]corev1.Container{pod.Spec.Containers, pod.Spec.InitContainers} {
+func namedPort(pod *podObject, name string) (int32, bool) {
+	for _, list := range [][]containerPorts{pod.Spec.Containers, pod.Spec.InitContainers} {
 		for _, c := range list {
 			for _, port := range c.Ports {
 				if port.Name == name && port.ContainerPort > 0 {
@@ -238,8 +237,8 @@ func namedPort(pod *corev1.Pod, name string) (int32, bool) {
 // portClash refuses pods whose containers declare the sidecar's port: every
 // container of a pod shares one network namespace (and with hostNetwork,
 // the node's), so two of them cannot listen on it.
-func portClash(pod *corev1.Pod, sidecarPort int32) *denial {
-	for _, list := range [][]corev1.Container{pod.Spec.Containers, pod.Spec.InitContainers} {
+func portClash(pod *podObject, sidecarPort int32) *denial {
+	for _, list := range [][]containerPorts{pod.Spec.Containers, pod.Spec.InitContainers} {
 		for _, c := range list {
 			for _, port := range c.Ports {
 				if port.ContainerPort == sidecarPort || (pod.Spec.HostNetwork && port.HostPort == sidecarPort) {

@@ -71,9 +71,9 @@ func FuzzAnnotations(f *testing.F) {
 		set(bitTimeout, AnnotationStartupTimeout, timeout)
 		set(bitPort, AnnotationPort, port)
 		set(bitPath, AnnotationPath, path)
-		pod := corev1.Pod{
+		pod := podObject{
 			ObjectMeta: metav1.ObjectMeta{Annotations: ann},
-			Spec: corev1.PodSpec{HostNetwork: hostNetwork, Containers: []corev1.Container{{Name: container, Ports: []corev1.ContainerPort{
+			Spec: podSpec{HostNetwork: hostNetwork, Containers: []containerPorts{{Name: container, Ports: []corev1.ContainerPort{
 				{Name: "http", ContainerPort: containerPort, HostPort: hostPort},
 			}}}},
 		}

@@ -5,12 +5,39 @@ import (
 
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
+
+// podObject is what the webhook reads of a pod, in the API's own types and
+// under the API's own member names: the metadata and, of the spec, the
+// containers' names and ports, host networking and the grace period. The
+// decoder validates the rest of the pod and skips it. Decoding a whole
+// corev1.Pod instead costs more than the guardrail on annotated pods
+// allows (docs/performance.md); TestPodObjectMirrorsThePodAPI keeps the
+// names and types those of corev1.Pod.
+type podObject struct {
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              podSpec `json:"spec"`
+}
+
+// podSpec is the part of corev1.PodSpec the webhook reads.
+type podSpec struct {
+	Containers                    []containerPorts `json:"containers"`
+	InitContainers                []containerPorts `json:"initContainers"`
+	HostNetwork                   bool             `json:"hostNetwork"`
+	TerminationGracePeriodSeconds *int64           `json:"terminationGracePeriodSeconds"`
+}
+
+// containerPorts is the part of corev1.Container the webhook reads.
+type containerPorts struct {
+	Name  string                 `json:"name"`
+	Ports []corev1.ContainerPort `json:"ports"`
+}
 
 // classification is what the webhook makes of a review before planning:
 // either a pod to inject (pod set) or a reason to pass the review unchanged.
 type classification struct {
-	pod *corev1.Pod
+	pod *podObject
 	// passed is why the review passes unchanged when pod is nil.
 	passed reason
 	// warning is shown to the user of a pod that passes unchanged.
@@ -51,7 +78,7 @@ func classify(req *podRequest) classification {
 
 // displayName is the pod's name for messages and logs: the name, or the
 // generateName prefix the API server has not completed yet.
-func displayName(pod *corev1.Pod) string {
+func displayName(pod *podObject) string {
 	if pod.Name != "" {
 		return pod.Name
 	}

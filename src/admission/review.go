@@ -6,7 +6,6 @@ import (
 	"strings"
 
 	admissionv1 "k8s.io/api/admission/v1"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kjson "sigs.k8s.io/json"
 )
@@ -18,21 +17,21 @@ const reviewAPIVersion = "admission.k8s.io/v1"
 // errBadReview is wrapped by every error that makes the request a 400.
 var errBadReview = errors.New("bad admission review")
 
-// podReview is an AdmissionReview v1 whose object is decoded as a Pod in
+// podReview is an AdmissionReview v1 whose object is decoded as a pod in
 // the same pass as the review.
 type podReview struct {
 	metav1.TypeMeta `json:",inline"`
 	Request         *podRequest `json:"request"`
 }
 
-// podRequest is an AdmissionRequest with its object decoded as a Pod: the
+// podRequest is an AdmissionRequest with its object decoded as a pod: the
 // pod is most of a review's bytes, and decoding it again from the raw
 // object would read it twice more.
 type podRequest struct {
 	admissionv1.AdmissionRequest `json:",inline"`
 	// Object shadows AdmissionRequest.Object; nil when absent or null.
-	Object *corev1.Pod `json:"object"`
-	// objectErr is why the object could not be decoded as a Pod; Object
+	Object *podObject `json:"object"`
+	// objectErr is why the object could not be decoded as a pod; Object
 	// then holds what could be.
 	objectErr error
 }
@@ -67,7 +66,7 @@ func decodeReviewThenObject(body []byte) (*podRequest, error) {
 	}
 	req := &podRequest{AdmissionRequest: *rv.Request}
 	if raw := rv.Request.Object.Raw; raw != nil {
-		req.Object = &corev1.Pod{}
+		req.Object = &podObject{}
 		// On a field of the wrong type the decoder goes on and reports
 		// the first such error at the end: the annotations are read even
 		// from a pod it cannot decode whole.
