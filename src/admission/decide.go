@@ -52,7 +52,7 @@ func (h *Handler) decide(r *http.Request, req *podRequest) (*decision, error) {
 		return d, nil
 	}
 	d.route, d.reason = routeInject, reasonInjected
-	p, den := h.plan(d, c)
+	p, den := h.planInjection(d, c)
 	if den != nil {
 		d.deny(den)
 		return d, nil
@@ -71,8 +71,8 @@ func (h *Handler) decide(r *http.Request, req *podRequest) (*decision, error) {
 	return d, nil
 }
 
-// plan validates an opted-in pod and what its annotations ask for.
-func (h *Handler) plan(d *decision, c classification) (*plan, *denial) {
+// planInjection validates an opted-in pod and what its annotations ask for.
+func (h *Handler) planInjection(d *decision, c classification) (*plan, *denial) {
 	if c.decodeErr != nil {
 		return nil, &denial{code: 400, reason: reasonInvalid, message: fmt.Sprintf("the pod could not be decoded: %v", c.decodeErr)}
 	}
