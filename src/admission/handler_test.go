@@ -616,6 +616,8 @@ func TestHTTPErrors(t *testing.T) {
 		{"null request", http.MethodPost, "application/json", `{"request":null}`, 400, "has no request"},
 		{"no uid", http.MethodPost, "application/json", `{"request":{"kind":{"kind":"Pod","version":"v1"},"operation":"CREATE"}}`, 400, "has no uid"},
 		{"empty uid", http.MethodPost, "application/json", `{"request":{"uid":""}}`, 400, "has no uid"},
+		{"a request field of the wrong type", http.MethodPost, "application/json", `{"request":{"uid":"a","dryRun":"yes","object":{"spec":{"containers":"x"}}}}`, 400, "not a valid AdmissionReview"},
+		{"nested too deep", http.MethodPost, "application/json", strings.Repeat("[", 10001) + strings.Repeat("]", 10001), 400, "nested deeper than 10000 levels"},
 		{"v1beta1", http.MethodPost, "application/json", `{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"a"}}`, 400, `apiVersion "admission.k8s.io/v1beta1" is not served`},
 		{"too large", http.MethodPost, "application/json", `{"request":{"uid":"a","x":"` + strings.Repeat("a", MaxBodyBytes) + `"}}`, 413, "exceeds the limit"},
 	}
@@ -661,9 +663,7 @@ func TestReviewBudget(t *testing.T) {
 }
 
 func TestPatchEscapesAnnotationKeys(t *testing.T) {
-	var b []byte
-	b = appendAnnotation(b, "a~b/c", "v")
-	if got, want := string(b), `{"op":"add","path":"/metadata/annotations/a~0b~1c","value":"v"},`; got != want {
+	if got, want := annotationPath("a~b/c"), "/metadata/annotations/a~0b~1c"; got != want {
 		t.Fatalf("got %s want %s", got, want)
 	}
 }

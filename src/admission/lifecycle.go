@@ -1,9 +1,11 @@
 package admission
 
 import (
-	"fmt"
 	"strconv"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
 // AnnotationScrapeInterval declares the longest scrape interval of the
@@ -71,42 +73,42 @@ func gracePeriodFor(own *int64, scrapeInterval time.Duration) int64 {
 	return g + extra
 }
 
-// startupProbeJSON is the sidecar container's startupProbe member.
-func startupProbeJSON(portName string) string {
-	return `"startupProbe":{"httpGet":{"path":"` + StartedPath + `","port":"` + portName + `"},` +
-		`"periodSeconds":` + strconv.Itoa(startupProbePeriodSec) + `,"failureThreshold":` + strconv.Itoa(startupProbeFailures) + `}`
+// startupProbe is the sidecar container's startup probe.
+func startupProbe() *corev1.Probe {
+	return &corev1.Probe{
+		ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+			Path: StartedPath, Port: intstr.FromString(SidecarPortName),
+		}},
+		PeriodSeconds:    startupProbePeriodSec,
+		FailureThreshold: startupProbeFailures,
+	}
 }
 
-// preStopHookJSON is the preStop hook given to app containers of a pod with
-// a native sidecar: the kubelet calls the sidecar just before it signals the
+// preStopHook is the preStop hook given to app containers of a pod with a
+// native sidecar: the kubelet calls the sidecar just before it signals the
 // app, so that the sidecar fetches the app's metrics while the app drains
 // (it gets its own signal only after the app exited).
-func preStopHookJSON(port int32) string {
-	return fmt.Sprintf(`{"httpGet":{"path":%q,"port":%d}}`, TerminatingPath, port)
+func preStopHook(port int32) *corev1.LifecycleHandler {
+	return &corev1.LifecycleHandler{HTTPGet: &corev1.HTTPGetAction{
+		Path: TerminatingPath, Port: intstr.FromInt32(port),
+	}}
 }
 
-// appendPreStopOps appends an "add" of the preStop hook for every app
-// container without one of its own; a container with its own preStop hook
-// keeps it (the sidecar then serves the state of the last fetch or scrape
-// before the app stopped).
-func appendPreStopOps(b []byte, containers []containerView, port int32) []byte {
-	hook := preStopHookJSON(port)
+// preStopOps add the preStop hook to every app container without one of
+// its own; a container with its own preStop hook keeps it (the sidecar then
+// serves the state of the last fetch or scrape before the app stopped).
+func preStopOps(containers []containerPorts, port int32) []patchOperation {
+	hook := preStopHook(port)
+	var ops []patchOperation
 	for i, c := range containers {
+		container := "/spec/containers/" + strconv.Itoa(i)
 		switch {
-		case c.HasPreStop:
-		case c.HasLifecycle:
-			b = append(b, `,{"op":"add","path":"/spec/containers/`...)
-			b = strconv.AppendInt(b, int64(i), 10)
-			b = append(b, `/lifecycle/preStop","value":`...)
-			b = append(b, hook...)
-			b = append(b, '}')
+		case c.Lifecycle != nil && c.Lifecycle.PreStop != nil:
+		case c.Lifecycle != nil:
+			ops = append(ops, patchOperation{Op: "add", Path: container + "/lifecycle/preStop", Value: hook})
 		default:
-			b = append(b, `,{"op":"add","path":"/spec/containers/`...)
-			b = strconv.AppendInt(b, int64(i), 10)
-			b = append(b, `/lifecycle","value":{"preStop":`...)
-			b = append(b, hook...)
-			b = append(b, `}}`...)
+			ops = append(ops, patchOperation{Op: "add", Path: container + "/lifecycle", Value: corev1.Lifecycle{PreStop: hook}})
 		}
 	}
-	return b
+	return ops
 }

@@ -8,9 +8,14 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/admission"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/semaphore"
@@ -241,13 +246,12 @@ func parseSidecar(c *Config, f *flags, src sources) error {
 	if strings.ContainsAny(f.image, " \t\n") {
 		return src.invalid("sidecar-image", f.image, "must be an image reference without spaces, e.g. ghcr.io/kaidotio/prometheus-metrics-proxy-hook:v0.1.0")
 	}
-	switch f.pullPolicy {
-	case "Always", "IfNotPresent", "Never":
-	default:
+	pullPolicies := []corev1.PullPolicy{corev1.PullAlways, corev1.PullIfNotPresent, corev1.PullNever}
+	if !slices.Contains(pullPolicies, corev1.PullPolicy(f.pullPolicy)) {
 		return src.invalid("sidecar-image-pull-policy", f.pullPolicy, "must be Always, IfNotPresent or Never")
 	}
 	port, err := strconv.Atoi(f.sidecarPort)
-	if err != nil || port < 1 || port > 65535 {
+	if err != nil || len(validation.IsValidPortNum(port)) != 0 {
 		return src.invalid("sidecar-port", f.sidecarPort, "must be a port number from 1 to 65535")
 	}
 	scrapeInterval, err := duration(f.scrapeInterval, admission.MinScrapeInterval, admission.MaxScrapeInterval)
@@ -255,7 +259,8 @@ func parseSidecar(c *Config, f *flags, src sources) error {
 		return src.invalid("scrape-interval", f.scrapeInterval, err.Error())
 	}
 	c.Sidecar = admission.Sidecar{
-		Image: f.image, PullPolicy: f.pullPolicy, Port: int32(port), Native: native,
+		Image: f.image, PullPolicy: corev1.PullPolicy(f.pullPolicy), Command: []string{admission.SidecarCommand},
+		Port: int32(port), Native: native,
 		ScrapeInterval: scrapeInterval, LeaseURL: strings.TrimSuffix(f.leaseURL, "/"),
 	}
 	return parseSidecarResources(&c.Sidecar, f, src)
@@ -263,23 +268,26 @@ func parseSidecar(c *Config, f *flags, src sources) error {
 
 func parseSidecarResources(s *admission.Sidecar, f *flags, src sources) error {
 	for _, q := range []struct {
-		name string
-		in   string
-		out  *string
+		name, in string
+		list     *corev1.ResourceList
+		resource corev1.ResourceName
 	}{
-		{"sidecar-cpu-request", f.cpuReq, &s.CPURequest},
-		{"sidecar-memory-request", f.memReq, &s.MemoryRequest},
-		{"sidecar-cpu-limit", f.cpuLim, &s.CPULimit},
-		{"sidecar-memory-limit", f.memLim, &s.MemoryLimit},
+		{"sidecar-cpu-request", f.cpuReq, &s.Resources.Requests, corev1.ResourceCPU},
+		{"sidecar-memory-request", f.memReq, &s.Resources.Requests, corev1.ResourceMemory},
+		{"sidecar-cpu-limit", f.cpuLim, &s.Resources.Limits, corev1.ResourceCPU},
+		{"sidecar-memory-limit", f.memLim, &s.Resources.Limits, corev1.ResourceMemory},
 	} {
 		if q.in == "" {
 			continue
 		}
-		v, sign, err := canonicalQuantity(q.in)
-		if err != nil || sign <= 0 {
+		v, err := resource.ParseQuantity(q.in)
+		if err != nil || v.Sign() <= 0 {
 			return src.invalid(q.name, q.in, "must be a positive Kubernetes quantity such as 10m, 16Mi or 0.5, or empty for none")
 		}
-		*q.out = v
+		if *q.list == nil {
+			*q.list = corev1.ResourceList{}
+		}
+		(*q.list)[q.resource] = v
 	}
 	return nil
 }
@@ -332,7 +340,7 @@ func validPort(s string, zeroOK bool) bool {
 	if err != nil {
 		return false
 	}
-	return n <= 65535 && (n >= 1 || (zeroOK && n == 0))
+	return len(validation.IsValidPortNum(n)) == 0 || (zeroOK && n == 0)
 }
 
 func duration(s string, lo, hi time.Duration) (time.Duration, error) {

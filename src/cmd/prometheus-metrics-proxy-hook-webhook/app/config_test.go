@@ -5,9 +5,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/admission"
 )
@@ -26,8 +30,12 @@ func TestDefaults(t *testing.T) {
 		RedisAddresses: []string{"r0:6379", "r1:6379", "r2:6379"}, RedisTimeout: 50 * time.Millisecond,
 		LeaseTTL: 30 * time.Second, NoQuorumPolicy: admission.NoQuorumDeny, ShutdownTimeout: 20 * time.Second, ShutdownDelay: 5 * time.Second,
 		LogLevel: "info", LogFormat: "json",
-		Sidecar: admission.Sidecar{Image: "img:1", PullPolicy: "IfNotPresent", Port: 65532, CPURequest: "10m",
-			MemoryRequest: "16Mi", MemoryLimit: "32Mi", Native: true, ScrapeInterval: time.Minute, LeaseURL: "https://pmph.ns.svc:443"},
+		Sidecar: admission.Sidecar{Image: "img:1", PullPolicy: corev1.PullIfNotPresent, Command: []string{admission.SidecarCommand}, Port: 65532,
+			Resources: corev1.ResourceRequirements{
+				Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("16Mi")},
+				Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("32Mi")},
+			},
+			Native: true, ScrapeInterval: time.Minute, LeaseURL: "https://pmph.ns.svc:443"},
 	}
 	if !equalConfig(c, &want) {
 		t.Fatalf("got %+v\nwant %+v", *c, want)
@@ -38,7 +46,7 @@ func equalConfig(a, b *Config) bool {
 	return strings.Join(a.RedisAddresses, ",") == strings.Join(b.RedisAddresses, ",") &&
 		a.ListenAddress == b.ListenAddress && a.MetricsAddress == b.MetricsAddress && a.ProbeAddress == b.ProbeAddress &&
 		a.CertDir == b.CertDir && a.EnableHTTP2 == b.EnableHTTP2 && a.RedisTimeout == b.RedisTimeout && a.LeaseTTL == b.LeaseTTL &&
-		a.NoQuorumPolicy == b.NoQuorumPolicy && a.Sidecar == b.Sidecar && a.ShutdownTimeout == b.ShutdownTimeout && a.ShutdownDelay == b.ShutdownDelay &&
+		a.NoQuorumPolicy == b.NoQuorumPolicy && reflect.DeepEqual(a.Sidecar, b.Sidecar) && a.ShutdownTimeout == b.ShutdownTimeout && a.ShutdownDelay == b.ShutdownDelay &&
 		a.LogLevel == b.LogLevel && a.LogFormat == b.LogFormat && a.RedisPassword == b.RedisPassword
 }
 
@@ -59,7 +67,8 @@ func TestEnvAndFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !c.EnableHTTP2 || !c.Sidecar.Native || c.Sidecar.Port != 9000 || c.RedisPassword != "s3cret" ||
-		c.NoQuorumPolicy != admission.NoQuorumAllow || c.Sidecar.CPULimit != "500m" || c.Sidecar.MemoryLimit != "32Mi" ||
+		c.NoQuorumPolicy != admission.NoQuorumAllow || c.Sidecar.Resources.Limits.Cpu().String() != "500m" ||
+		c.Sidecar.Resources.Limits.Memory().String() != "32Mi" ||
 		c.Sidecar.ScrapeInterval != 15*time.Second {
 		t.Fatalf("config %+v", *c)
 	}
