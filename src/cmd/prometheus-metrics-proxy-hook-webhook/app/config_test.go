@@ -91,6 +91,11 @@ func TestConfigErrors(t *testing.T) {
 		{[]string{"--redis-addresses=a", "--lease-url=https://x", "--sidecar-image=i"}, nil, `"a" must be host:port`},
 		{append(required, "extra"), nil, `unexpected argument "extra"`},
 		{[]string{"--redis-addresses=a:1", "--lease-url=https://x"}, nil, "missing --sidecar-image (or PMPH_SIDECAR_IMAGE)"},
+		{[]string{"--redis-addresses=a:1", "--lease-url=https://x", "--sidecar-image=img 1"}, nil, `invalid --sidecar-image "img 1": must be an image reference without spaces`},
+		{[]string{"--lease-url=https://x", "--sidecar-image=i"}, map[string]string{"PMPH_REDIS_ADDRESSES": " "}, "missing --redis-addresses (or PMPH_REDIS_ADDRESSES)"},
+		{[]string{"--redis-addresses=a:1", "--sidecar-image=i"}, nil, "missing --lease-url (or PMPH_LEASE_URL)"},
+		{append(required, "--sidecar-memory-request=-1Mi"), nil, `invalid --sidecar-memory-request "-1Mi": must be a positive Kubernetes quantity`},
+		{append(required, "--metrics-address=:70000"), nil, `invalid --metrics-address ":70000"`},
 	}
 	for _, tc := range cases {
 		_, err := ParseConfig(tc.args, env(tc.env), io.Discard)
