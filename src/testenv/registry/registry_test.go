@@ -2,6 +2,7 @@ package registry_test
 
 import (
 	"context"
+	"encoding/base64"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,7 +14,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/images"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/kubetest"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/registry"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/testpki"
 )
 
 func buildImages(t *testing.T, names ...string) []images.Built {
@@ -122,7 +125,8 @@ func TestCloseStopsTheRegistry(t *testing.T) {
 }
 
 // TestChartThroughTheRegistry packages the chart, pushes it with helm push,
-// and reads it back with helm as a user would from the README's oci:// URL.
+// and reads it back with helm as a user would from the README's oci:// URL,
+// up to installing it on a real kube-apiserver.
 func TestChartThroughTheRegistry(t *testing.T) {
 	root, err := images.RepoRoot()
 	if err != nil {
@@ -156,8 +160,6 @@ func TestChartThroughTheRegistry(t *testing.T) {
 			[]string{"name: prometheus-metrics-proxy-hook", "appVersion: " + meta.AppVersion}},
 		{"template", []string{"template", "pmph", chart.URL, "--version", chart.Version, "--plain-http", "--namespace", "pmph-system"},
 			[]string{"image: " + meta.ImageRepository + ":" + meta.AppVersion, "image: " + meta.RedisRef()}},
-		{"install --dry-run=client", []string{"install", "pmph", chart.URL, "--version", chart.Version, "--plain-http", "--namespace", "pmph-system", "--dry-run=client"},
-			[]string{"STATUS: pending-install", "kind: StatefulSet"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -172,6 +174,9 @@ func TestChartThroughTheRegistry(t *testing.T) {
 			}
 		})
 	}
+	t.Run("install", func(t *testing.T) {
+		installFromRegistry(t, ctx, helm, chart, meta)
+	})
 	t.Run("pull", func(t *testing.T) {
 		dest := t.TempDir()
 		if _, err := helm.Run(ctx, "pull", chart.URL, "--version", chart.Version, "--plain-http", "--destination", dest); err != nil {
@@ -198,6 +203,45 @@ func TestWriteMirrors(t *testing.T) {
 			if !strings.Contains(string(data), want) {
 				t.Errorf("%s/hosts.toml lacks %q:\n%s", host, want, data)
 			}
+		}
+	}
+}
+
+// installFromRegistry runs `helm install oci://...` as the README's quickstart
+// does, against a real kube-apiserver (certificates from tls.existingSecret:
+// cert-manager does not run here), and checks that the release is deployed
+// with the chart's default image references.
+func installFromRegistry(t *testing.T, ctx context.Context, helm registry.Helm, chart registry.Chart, meta images.Chart) {
+	cp, err := kubetest.Start(ctx, kubetest.Options{Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := cp.Stop(); err != nil {
+			t.Errorf("stopping the control plane: %v", err)
+		}
+	})
+	ca, err := testpki.NewCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kube := []string{"--kubeconfig", cp.KubeconfigPath, "--namespace", "pmph-system"}
+	out, err := helm.Run(ctx, append([]string{"install", "pmph", chart.URL, "--version", chart.Version, "--plain-http",
+		"--create-namespace", "--set", "certManager.enabled=false", "--set", "tls.existingSecret=pmph-tls",
+		"--set", "tls.caBundle=" + base64.StdEncoding.EncodeToString(ca.PEM)}, kube...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "STATUS: deployed") {
+		t.Errorf("helm install printed no STATUS: deployed:\n%s", out)
+	}
+	manifest, err := helm.Run(ctx, append([]string{"get", "manifest", "pmph"}, kube...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"image: " + meta.ImageRepository + ":" + meta.AppVersion, "image: " + meta.RedisRef()} {
+		if !strings.Contains(manifest, want) {
+			t.Errorf("the installed release has no %q", want)
 		}
 	}
 }
