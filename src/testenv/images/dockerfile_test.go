@@ -144,7 +144,7 @@ func TestDockerfileAgreesWithImage(t *testing.T) {
 	if d.goBuild == "" || len(d.copies) == 0 {
 		t.Fatalf("the Dockerfile has no RUN with go build or no COPY --from=build /out/...: %+v", d)
 	}
-	b := build(t, images.NameProject, images.Options{Version: testVersion, Revision: testRevision})
+	b := sharedBuild(t, images.NameProject)
 	cfg := configOf(t, b.Image)
 
 	t.Run("entrypoint", func(t *testing.T) {

@@ -72,7 +72,7 @@ func TestProjectImageConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	binaries := images.BinariesIn(root)
-	b := build(t, images.NameProject, images.Options{Version: testVersion, Revision: testRevision})
+	b := sharedBuild(t, images.NameProject)
 	cfg := configOf(t, b.Image)
 	tests := []struct {
 		name      string
@@ -107,7 +107,7 @@ func equal(a, b any) bool {
 
 func TestProjectImageFiles(t *testing.T) {
 	root := repoRoot(t)
-	b := build(t, images.NameProject, images.Options{Version: testVersion, Revision: testRevision})
+	b := sharedBuild(t, images.NameProject)
 	dir := extract(t, b.Image)
 	for _, bin := range images.BinariesIn(root) {
 		t.Run(filepath.Base(bin.Path)+" version", func(t *testing.T) {
@@ -147,7 +147,7 @@ func TestProjectImageFiles(t *testing.T) {
 
 func TestProjectImageIsReproducible(t *testing.T) {
 	opts := images.Options{Version: testVersion, Revision: testRevision}
-	first, second := build(t, images.NameProject, opts), build(t, images.NameProject, opts)
+	first, second := sharedBuild(t, images.NameProject), build(t, images.NameProject, opts)
 	d1, err := first.Image.Digest()
 	if err != nil {
 		t.Fatal(err)

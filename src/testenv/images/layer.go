@@ -2,6 +2,7 @@ package images
 
 import (
 	"archive/tar"
+	"compress/gzip"
 	"errors"
 	"fmt"
 	"os"
@@ -32,7 +33,9 @@ func Layer(root *RootFS, dir string) (v1.Layer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("writing the layer %s: %w", f.Name(), err)
 	}
-	layer, err := tarball.LayerFromFile(f.Name(), tarball.WithMediaType(types.OCILayer))
+	// The fastest gzip level: the images go to a registry on this machine, and
+	// the CoreDNS layer alone is tens of megabytes.
+	layer, err := tarball.LayerFromFile(f.Name(), tarball.WithMediaType(types.OCILayer), tarball.WithCompressionLevel(gzip.BestSpeed))
 	if err != nil {
 		return nil, fmt.Errorf("reading back the layer %s: %w", f.Name(), err)
 	}

@@ -33,7 +33,7 @@ func TestRedisImageConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := build(t, images.NameRedis, images.Options{})
+	b := sharedBuild(t, images.NameRedis)
 	cfg := configOf(t, b.Image)
 	if len(b.Refs) != 1 || b.Refs[0] != chart.RedisRef() {
 		t.Errorf("references %q, want the chart's %q", b.Refs, chart.RedisRef())
@@ -56,7 +56,7 @@ func TestRedisImageRunsTheChartsCommands(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("running the image's redis-server needs chroot, which needs root; this machine runs the test as a normal user")
 	}
-	dir := extract(t, build(t, images.NameRedis, images.Options{}).Image)
+	dir := extract(t, sharedBuild(t, images.NameRedis).Image)
 	port, err := localproc.FreePort()
 	if err != nil {
 		t.Fatal(err)

@@ -37,7 +37,7 @@ func TestImageConfigs(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			b := build(t, tt.name, images.Options{})
+			b := sharedBuild(t, tt.name)
 			cfg := configOf(t, b.Image)
 			if len(b.Refs) != 1 || b.Refs[0] != tt.ref {
 				t.Errorf("references %q, want %q", b.Refs, tt.ref)
@@ -53,7 +53,7 @@ func TestImageConfigs(t *testing.T) {
 }
 
 func TestPauseBlocksUntilSIGTERM(t *testing.T) {
-	dir := extract(t, build(t, images.NamePause, images.Options{}).Image)
+	dir := extract(t, sharedBuild(t, images.NamePause).Image)
 	cmd := exec.Command(filepath.Join(dir, "pause"))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -83,7 +83,7 @@ func TestPauseBlocksUntilSIGTERM(t *testing.T) {
 // counter grows, keeps growing and being served after SIGTERM until the drain
 // time is over, and the final value logged is at least the last one scraped.
 func TestMetricsAppDrainsAndLogsItsFinalValue(t *testing.T) {
-	dir := extract(t, build(t, images.NameMetricsApp, images.Options{}).Image)
+	dir := extract(t, sharedBuild(t, images.NameMetricsApp).Image)
 	port, err := localproc.FreePort()
 	if err != nil {
 		t.Fatal(err)
@@ -167,7 +167,7 @@ func scrapeTicks(ctx context.Context, url string) (float64, error) {
 func TestBusyboxImageHasTheAppletsTestsUse(t *testing.T) {
 	for _, name := range []string{images.NameBusybox, images.NameRedis} {
 		t.Run(name, func(t *testing.T) {
-			dir := extract(t, build(t, name, images.Options{}).Image)
+			dir := extract(t, sharedBuild(t, name).Image)
 			for _, applet := range []string{"bin/sh", "bin/cat", "bin/sed", "bin/grep", "bin/sleep", "bin/date", "usr/bin/printf", "usr/bin/wget", "usr/bin/nc", "usr/bin/nslookup"} {
 				target, err := os.Readlink(filepath.Join(dir, applet))
 				if err != nil || target != "/bin/busybox" {
@@ -188,7 +188,7 @@ func TestBusyboxImageHasTheAppletsTestsUse(t *testing.T) {
 }
 
 func TestCoreDNSImage(t *testing.T) {
-	b := build(t, images.NameCoreDNS, images.Options{})
+	b := sharedBuild(t, images.NameCoreDNS)
 	dir := extract(t, b.Image)
 	out, err := exec.Command(filepath.Join(dir, "coredns"), "-version").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "CoreDNS-1.15.0") {

@@ -3,6 +3,8 @@ package registry
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -86,4 +88,19 @@ func (r *Registry) HostsTOML() string {
 [host."http://%s"]
   capabilities = ["pull", "resolve"]
 `, r.Host, r.Host)
+}
+
+// WriteMirrors writes certsDir/<host>/hosts.toml (HostsTOML) for each upstream
+// host, for containerd's CRI plugin with registry.config_path = certsDir.
+func (r *Registry) WriteMirrors(certsDir string, hosts ...string) error {
+	for _, host := range hosts {
+		dir := filepath.Join(certsDir, host)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("writing the mirror for %s: %w", host, err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "hosts.toml"), []byte(r.HostsTOML()), 0o644); err != nil {
+			return fmt.Errorf("writing the mirror for %s: %w", host, err)
+		}
+	}
+	return nil
 }
