@@ -167,7 +167,7 @@ func TestDockerfileAgreesWithImage(t *testing.T) {
 		for _, dst := range d.copies {
 			want = append(want, dst)
 		}
-		for _, bin := range images.BinariesIn(root) {
+		for _, bin := range images.DefaultBinaries() {
 			got = append(got, bin.Path)
 		}
 		slices.Sort(want)

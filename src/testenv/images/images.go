@@ -67,7 +67,7 @@ type Options struct {
 	// empty means "dev" and "unknown", as an unstamped build says.
 	Version  string
 	Revision string
-	// Binaries go into the project image; empty means BinariesIn(Root).
+	// Binaries go into the project image; empty means DefaultBinaries().
 	Binaries []Binary
 	// Entrypoint of the project image; empty means the first binary alone.
 	Entrypoint []string

@@ -71,7 +71,7 @@ func TestProjectImageConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	binaries := images.BinariesIn(root)
+	binaries := images.DefaultBinaries()
 	b := sharedBuild(t, images.NameProject)
 	cfg := configOf(t, b.Image)
 	tests := []struct {
@@ -109,7 +109,7 @@ func TestProjectImageFiles(t *testing.T) {
 	root := repoRoot(t)
 	b := sharedBuild(t, images.NameProject)
 	dir := extract(t, b.Image)
-	for _, bin := range images.BinariesIn(root) {
+	for _, bin := range images.DefaultBinaries() {
 		t.Run(filepath.Base(bin.Path)+" version", func(t *testing.T) {
 			out, err := exec.Command(filepath.Join(dir, bin.Path), "version").CombinedOutput()
 			if err != nil {

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io/fs"
-	"os"
-	"path/filepath"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
@@ -26,25 +24,6 @@ func DefaultBinaries() []Binary {
 		{Package: "./src/cmd/prometheus-metrics-proxy-hook-webhook", Path: "/usr/local/bin/prometheus-metrics-proxy-hook-webhook"},
 		{Package: "./src/cmd/prometheus-metrics-proxy-hook-sidecar", Path: "/usr/local/bin/prometheus-metrics-proxy-hook-sidecar"},
 	}
-}
-
-// SingleBinary is the layout of one binary with webhook and sidecar
-// subcommands.
-func SingleBinary() []Binary {
-	return []Binary{
-		{Package: "./src/cmd/prometheus-metrics-proxy-hook", Path: "/usr/local/bin/prometheus-metrics-proxy-hook"},
-	}
-}
-
-// BinariesIn returns DefaultBinaries when the checkout at root has their
-// commands, and SingleBinary otherwise.
-func BinariesIn(root string) []Binary {
-	for _, b := range DefaultBinaries() {
-		if _, err := os.Stat(filepath.Join(root, b.Package)); err != nil {
-			return SingleBinary()
-		}
-	}
-	return DefaultBinaries()
 }
 
 // The project image's user: distroless's nonroot, the uid the chart and the
@@ -85,7 +64,7 @@ func Project(ctx context.Context, opts Options) (Built, error) {
 	}
 	binaries := opts.Binaries
 	if len(binaries) == 0 {
-		binaries = BinariesIn(opts.Root)
+		binaries = DefaultBinaries()
 	}
 	root, err := projectRootFS(ctx, opts, binaries, dir)
 	if err != nil {
