@@ -106,7 +106,6 @@ func equal(a, b any) bool {
 }
 
 func TestProjectImageFiles(t *testing.T) {
-	root := repoRoot(t)
 	b := sharedBuild(t, images.NameProject)
 	dir := extract(t, b.Image)
 	for _, bin := range images.DefaultBinaries() {
