@@ -72,6 +72,15 @@ const (
 	ReasonConflict   = "Conflict"
 	ReasonFull       = "Full"
 	ReasonNoQuorum   = "NoQuorum"
+	// ReasonUnauthorized (401): no token, or one the API server does not
+	// accept for the lease API's audience.
+	ReasonUnauthorized = "Unauthorized"
+	// ReasonForbidden (403): a valid token of a pod that may not do this
+	// to this lease; ErrorResponse.Cause says which rule it broke.
+	ReasonForbidden = "Forbidden"
+	// ReasonRateLimited (429): the pod sends more requests than a sidecar
+	// needs.
+	ReasonRateLimited = "RateLimited"
 )
 
 var (
