@@ -28,6 +28,9 @@ type Sidecar struct {
 	FinalScrapeWait time.Duration
 	// LeaseURL is the lease API base URL the sidecar renews through.
 	LeaseURL string
+	// LeaseTokenAudience is the audience of the projected ServiceAccount
+	// token the sidecar authenticates to the lease API with.
+	LeaseTokenAudience string
 }
 
 // GraceMargin is added to the final scrape wait for the pod's

@@ -67,3 +67,6 @@ func (m *Metrics) cache(result string) {
 	}
 	m.lookups.WithLabelValues(result).Inc()
 }
+
+// Reviews is the TokenReviews sent, whatever their result.
+func (m *Metrics) Reviews() prometheus.Collector { return m.reviews }

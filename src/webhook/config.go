@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/admission"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseserver"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/semaphore"
 )
 
@@ -29,13 +30,32 @@ type Config struct {
 	RedisPasswordFile string
 	RedisTimeout      time.Duration
 	LeaseTTL          time.Duration
-	NoQuorumPolicy    admission.NoQuorumPolicy
-	Sidecar           admission.Sidecar
-	ShutdownDelay     time.Duration
-	ShutdownTimeout   time.Duration
-	LogLevel          string
-	LogFormat         string
+	// LeaseAPIAuth is LeaseAuthToken (every lease API call needs its pod's
+	// token) or LeaseAuthDisabled (no checks: only without Kubernetes).
+	LeaseAPIAuth       string
+	LeaseTokenAudience string
+	// LegacyHolderAuth accepts renewals and releases without a token for
+	// leases granted before tokens were checked (the upgrade transition).
+	LegacyHolderAuth bool
+	// Kubeconfig is the API server connection; empty means in-cluster.
+	Kubeconfig string
+	// legacyLeases tells leases granted before tokens apart; nil until the
+	// lease records of the reconciler exist, and the transition is then off.
+	legacyLeases    leaseserver.LegacyLeases
+	NoQuorumPolicy  admission.NoQuorumPolicy
+	Sidecar         admission.Sidecar
+	ShutdownDelay   time.Duration
+	ShutdownTimeout time.Duration
+	LogLevel        string
+	LogFormat       string
 }
+
+// Values of --lease-api-auth, and the default token audience.
+const (
+	LeaseAuthToken            = "token"
+	LeaseAuthDisabled         = "disabled"
+	DefaultLeaseTokenAudience = "prometheus-metrics-proxy-hook"
+)
 
 // ConfigError is an invalid flag or environment variable: the process
 // stops with its one-line message.
@@ -58,11 +78,12 @@ func ParseConfig(args []string, getenv func(string) string, usage io.Writer) (*C
 	fs := flag.NewFlagSet("webhook", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	str := func(name, def, help string) *string { return fs.String(name, def, help) }
-	boolean := func(name, help string) *string {
-		v := boolValue("false")
+	booleanDefault := func(name, def, help string) *string {
+		v := boolValue(def)
 		fs.Var(&v, name, help)
 		return (*string)(&v)
 	}
+	boolean := func(name, help string) *string { return booleanDefault(name, "false", help) }
 	var (
 		listen       = str("listen-address", ":9443", "TLS listener: /mutate and the lease API /v1/leases/*")
 		metrics      = str("metrics-address", ":8080", "/metrics (the webhook's own metrics)")
@@ -74,6 +95,10 @@ func ParseConfig(args []string, getenv func(string) string, usage io.Writer) (*C
 		redisTimeout = str("redis-timeout", "50ms", "per-node dial/read/write timeout")
 		leaseTTL     = str("lease-ttl", "30s", "TTL of a running pod's lease; the sidecar renews every TTL/3")
 		leaseURL     = str("lease-url", "", "base URL the sidecar uses for the lease API; required")
+		leaseAuth    = str("lease-api-auth", LeaseAuthToken, "token: every lease API call must carry its pod's projected ServiceAccount token; disabled: no checks, for a webhook run without Kubernetes (tests, demos)")
+		audience     = str("lease-token-audience", DefaultLeaseTokenAudience, "audience of the projected token injected into sidecars and required by the lease API")
+		legacyAuth   = booleanDefault("lease-legacy-holder-auth", "true", "accept renewals and releases without a token for leases granted by a release before lease API tokens (no lease record); see docs/reliability.md")
+		kubeconfig   = str("kubeconfig", "", "kubeconfig of the API server; empty: the in-cluster configuration")
 		noQuorum     = str("no-quorum-policy", "deny", "deny or allow when Redis has no quorum")
 		image        = str("sidecar-image", "", "image of the injected sidecar; required")
 		pullPolicy   = str("sidecar-image-pull-policy", "IfNotPresent", "Always, IfNotPresent or Never")
@@ -170,6 +195,17 @@ func ParseConfig(args []string, getenv func(string) string, usage io.Writer) (*C
 	if u, err := url.Parse(*leaseURL); err != nil || u.Scheme != "https" || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
 		return nil, bad("lease-url", *leaseURL, "must be an https:// URL with a host, e.g. https://pmph.pmph-system.svc:443")
 	}
+	switch c.LeaseAPIAuth, c.LeaseTokenAudience, c.Kubeconfig = *leaseAuth, *audience, *kubeconfig; c.LeaseAPIAuth {
+	case LeaseAuthToken, LeaseAuthDisabled:
+	default:
+		return nil, bad("lease-api-auth", *leaseAuth, "must be token or disabled")
+	}
+	if c.LeaseTokenAudience == "" || strings.ContainsAny(c.LeaseTokenAudience, " \t\n,") {
+		return nil, bad("lease-token-audience", *audience, "must be one audience, without spaces or commas")
+	}
+	if c.LegacyHolderAuth, err = strconv.ParseBool(*legacyAuth); err != nil {
+		return nil, bad("lease-legacy-holder-auth", *legacyAuth, "must be true or false")
+	}
 	switch c.NoQuorumPolicy {
 	case admission.NoQuorumDeny, admission.NoQuorumAllow:
 	default:
@@ -194,6 +230,7 @@ func ParseConfig(args []string, getenv func(string) string, usage io.Writer) (*C
 	c.Sidecar = admission.Sidecar{
 		Image: *image, PullPolicy: *pullPolicy, Port: int32(port), Native: c.Sidecar.Native,
 		FinalScrapeWait: finalScrapeWait, LeaseURL: strings.TrimSuffix(*leaseURL, "/"),
+		LeaseTokenAudience: c.LeaseTokenAudience,
 	}
 	for _, q := range []struct {
 		name string
