@@ -1,6 +1,7 @@
 package admission
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"strconv"
@@ -29,7 +30,8 @@ type Sidecar struct {
 	// LeaseURL is the lease API base URL the sidecar renews through.
 	LeaseURL string
 	// LeaseTokenAudience is the audience of the projected ServiceAccount
-	// token the sidecar authenticates to the lease API with.
+	// token the sidecar authenticates to the lease API with; empty means
+	// DefaultTokenAudience.
 	LeaseTokenAudience string
 }
 
@@ -65,6 +67,7 @@ type template struct {
 	gracePeriod      int64
 	finalScrapeWait  string
 	leaseURL         string
+	tokenAudience    string
 	listenAddressEnv string
 }
 
@@ -77,6 +80,7 @@ func newTemplate(s Sidecar) (*template, error) {
 		gracePeriod:      int64((s.FinalScrapeWait + GraceMargin + time.Second - 1) / time.Second),
 		finalScrapeWait:  s.FinalScrapeWait.String(),
 		leaseURL:         s.LeaseURL,
+		tokenAudience:    cmp.Or(s.LeaseTokenAudience, DefaultTokenAudience),
 		listenAddressEnv: ":" + strconv.Itoa(int(s.Port)),
 	}
 	h := []byte(`{"name":"` + ContainerName + `","image":`)
@@ -222,13 +226,20 @@ func (t *template) appendPatch(b []byte, pod *podView, p *plan, lease *leaseEnv,
 			b = appendEnv(b, "PMPH_LEASE_SLOT", slot, true)
 			b = appendEnv(b, "PMPH_LEASE_HOLDER", holder, true)
 		}
+		b = appendEnv(b, "PMPH_LEASE_TOKEN_FILE", TokenPath, true)
 	}
 	b = append(b, ']')
+	if lease != nil {
+		b = append(b, tokenMount...)
+	}
 	b = append(b, t.tail...)
 	if native && len(pod.Spec.InitContainers) == 0 {
 		b = append(b, ']')
 	}
 	b = append(b, '}')
+	if lease != nil {
+		b = appendTokenVolume(b, t.tokenAudience, pod.Spec.HasVolumes)
+	}
 
 	if raiseGrace {
 		b = append(b, `,{"op":"add","path":"/spec/terminationGracePeriodSeconds","value":`...)

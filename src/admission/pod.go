@@ -153,6 +153,12 @@ func (s *scanner) readSpec(spec *podSpecView) error {
 			return s.containers(&spec.Containers)
 		case jsonscan.EqualsKey(key, esc, "initContainers"):
 			return s.containers(&spec.InitContainers)
+		case jsonscan.EqualsKey(key, esc, "volumes"):
+			if s.IsNull() {
+				return nil
+			}
+			spec.HasVolumes = true
+			return s.Skip()
 		case jsonscan.EqualsKey(key, esc, "hostNetwork"):
 			v, err := s.Boolean()
 			spec.HostNetwork = v

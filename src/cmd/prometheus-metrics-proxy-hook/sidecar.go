@@ -53,6 +53,11 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "The sidecar cannot start: %s.\n", err)
 			return 2
 		}
+		if cfg.Lease.TokenFile != "" {
+			client.UseTokenFile(cfg.Lease.TokenFile)
+		} else {
+			logger.Warn().Msg("No lease API token file was given (PMPH_LEASE_TOKEN_FILE); a lease API that checks tokens refuses every call.")
+		}
 		api = client
 		if len(cfg.Lease.CAPEM) == 0 {
 			logger.Warn().Msg("No CA bundle for the lease API was given (PMPH_LEASE_CA or --lease-ca-file); the system's roots are trusted.")
