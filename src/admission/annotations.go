@@ -57,13 +57,13 @@ type podView struct {
 }
 
 type podSpecView struct {
-	Containers                    []containerView `json:"containers"`
-	InitContainers                []containerView `json:"initContainers"`
-	HostNetwork                   bool            `json:"hostNetwork"`
+	Containers     []containerView `json:"containers"`
+	InitContainers []containerView `json:"initContainers"`
+	HostNetwork    bool            `json:"hostNetwork"`
 	// HasVolumes: spec.volumes is an array (perhaps empty), so the token
 	// volume is appended to it rather than creating it.
-	HasVolumes bool `json:"-"`
-	TerminationGracePeriodSeconds *int64          `json:"terminationGracePeriodSeconds"`
+	HasVolumes                    bool   `json:"-"`
+	TerminationGracePeriodSeconds *int64 `json:"terminationGracePeriodSeconds"`
 }
 
 type containerView struct {
