@@ -335,8 +335,11 @@ func sidecarEnv(injected map[string]string, upstream string, grace, wait time.Du
 	for k, v := range injected {
 		env = append(env, k+"="+v)
 	}
+	// No kubelet writes the projected token here, and the webhook runs
+	// without Kubernetes (--lease-api-auth=disabled); src/leaseserver tests
+	// the token checks against the real API server.
 	return append(env, "PMPH_LISTEN_ADDRESS=127.0.0.1:0", "PMPH_UPSTREAM="+upstream,
-		"PMPH_GRACE_PERIOD="+grace.String(), "PMPH_FINAL_SCRAPE_WAIT="+wait.String())
+		"PMPH_GRACE_PERIOD="+grace.String(), "PMPH_FINAL_SCRAPE_WAIT="+wait.String(), "PMPH_LEASE_TOKEN_FILE=")
 }
 
 func startPrometheus(t *testing.T, target string) *prometheustest.Server {
