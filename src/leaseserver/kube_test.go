@@ -50,7 +50,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func controlPlane(t *testing.T) *kubetest.ControlPlane {
+func controlPlane(t testing.TB) *kubetest.ControlPlane {
 	t.Helper()
 	shared.once.Do(func() {
 		shared.cp, shared.err = kubetest.Start(context.Background(), kubetest.Options{Logf: t.Logf})
@@ -70,13 +70,25 @@ type kubeEnv struct {
 	wh   *webhooktest.Webhook
 }
 
-func newKubeEnv(t *testing.T, args ...string) *kubeEnv {
+// newKubeEnv starts a webhook process, with args after the defaults.
+func newKubeEnv(t testing.TB, args ...string) *kubeEnv {
+	t.Helper()
+	e, redis := newKube(t)
+	e.wh = webhooktest.Start(t, webhooktest.Options{Redis: redis.Addrs(), RedisPassword: redis.Password,
+		Kubeconfig: e.cp.KubeconfigPath, Args: args})
+	return e
+}
+
+// newKube is the API server client and the Redis nodes, for tests that
+// serve the lease API in their own process.
+func newKube(t testing.TB) (*kubeEnv, *redistest.Cluster) {
 	t.Helper()
 	cp := controlPlane(t)
 	cfg, err := clientcmd.BuildConfigFromFlags("", cp.KubeconfigPath)
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg.QPS, cfg.Burst = 1000, 2000
 	kube, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -87,14 +99,12 @@ func newKubeEnv(t *testing.T, args ...string) *kubeEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = sem.Close() })
-	wh := webhooktest.Start(t, webhooktest.Options{Redis: redis.Addrs(), RedisPassword: redis.Password,
-		Kubeconfig: cp.KubeconfigPath, Args: args})
-	return &kubeEnv{cp: cp, kube: kube, sem: sem, wh: wh}
+	return &kubeEnv{cp: cp, kube: kube, sem: sem}, redis
 }
 
 // namespace creates a namespace with a unique name and its default
 // ServiceAccount (no controller manager runs to create it).
-func (e *kubeEnv) namespace(t *testing.T, prefix string) string {
+func (e *kubeEnv) namespace(t testing.TB, prefix string) string {
 	t.Helper()
 	var b [3]byte
 	_, _ = rand.Read(b[:])
@@ -111,7 +121,7 @@ func (e *kubeEnv) namespace(t *testing.T, prefix string) string {
 
 // pod creates a pod with annotations; it is never scheduled (no kubelet),
 // which is all its identity needs.
-func (e *kubeEnv) pod(t *testing.T, ns, name string, annotations map[string]string) *corev1.Pod {
+func (e *kubeEnv) pod(t testing.TB, ns, name string, annotations map[string]string) *corev1.Pod {
 	t.Helper()
 	p, err := e.kube.CoreV1().Pods(ns).Create(context.Background(), &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: annotations},
@@ -125,7 +135,7 @@ func (e *kubeEnv) pod(t *testing.T, ns, name string, annotations map[string]stri
 
 // member takes a slot of ns/key as admission would and creates the pod
 // that holds it, with the annotations admission writes.
-func (e *kubeEnv) member(t *testing.T, ns, name, key string, size int) (*corev1.Pod, leaseapi.Lease) {
+func (e *kubeEnv) member(t testing.TB, ns, name, key string, size int) (*corev1.Pod, leaseapi.Lease) {
 	t.Helper()
 	got, err := e.sem.Acquire(context.Background(), leaseapi.SemaphoreName(ns, key), size, 5*time.Minute)
 	if err != nil {
@@ -141,7 +151,7 @@ func (e *kubeEnv) member(t *testing.T, ns, name, key string, size int) (*corev1.
 
 // token asks the TokenRequest API for a token bound to pod, as the kubelet
 // does for a projected volume.
-func (e *kubeEnv) token(t *testing.T, p *corev1.Pod, aud string) string {
+func (e *kubeEnv) token(t testing.TB, p *corev1.Pod, aud string) string {
 	t.Helper()
 	tr, err := e.kube.CoreV1().ServiceAccounts(p.Namespace).CreateToken(context.Background(), "default", &authnv1.TokenRequest{
 		Spec: authnv1.TokenRequestSpec{
@@ -156,7 +166,7 @@ func (e *kubeEnv) token(t *testing.T, p *corev1.Pod, aud string) string {
 }
 
 // call posts body to path with token (none when empty).
-func (e *kubeEnv) call(t *testing.T, path, token string, body any) (int, leaseapi.ErrorResponse) {
+func (e *kubeEnv) call(t testing.TB, path, token string, body any) (int, leaseapi.ErrorResponse) {
 	t.Helper()
 	b, err := json.Marshal(body)
 	if err != nil {
@@ -182,7 +192,7 @@ func (e *kubeEnv) call(t *testing.T, path, token string, body any) (int, leaseap
 }
 
 // slots is the holder of every slot of a semaphore.
-func (e *kubeEnv) slots(t *testing.T, name string, size int) []string {
+func (e *kubeEnv) slots(t testing.TB, name string, size int) []string {
 	t.Helper()
 	st, err := e.sem.Inspect(context.Background(), name, size)
 	if err != nil {
@@ -195,7 +205,7 @@ func (e *kubeEnv) slots(t *testing.T, name string, size int) []string {
 	return out
 }
 
-func writeFile(t *testing.T, path, content string) {
+func writeFile(t testing.TB, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatal(err)

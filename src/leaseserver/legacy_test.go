@@ -26,7 +26,7 @@ func (s legacySet) IsLegacy(_ context.Context, l leaseapi.Lease) (bool, error) {
 
 // inProcess serves the lease API in the test process, checking tokens with
 // the real API server, for settings the webhook's flags do not reach.
-func inProcess(t *testing.T, e *kubeEnv, edit func(*leaseserver.Config)) *leaseapi.Client {
+func inProcess(t testing.TB, e *kubeEnv, edit func(*leaseserver.Config)) *httptest.Server {
 	t.Helper()
 	verifier, err := leaseauth.New(leaseauth.Config{Client: e.kube, Audience: audience})
 	if err != nil {
@@ -37,6 +37,12 @@ func inProcess(t *testing.T, e *kubeEnv, edit func(*leaseserver.Config)) *leasea
 	edit(&cfg)
 	srv := httptest.NewTLSServer(leaseserver.NewHandler(cfg))
 	t.Cleanup(srv.Close)
+	return srv
+}
+
+// clientOf is a sidecar's client of srv.
+func clientOf(t testing.TB, srv *httptest.Server) *leaseapi.Client {
+	t.Helper()
 	client, err := leaseapi.NewClient(srv.URL, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -48,12 +54,12 @@ func inProcess(t *testing.T, e *kubeEnv, edit func(*leaseserver.Config)) *leasea
 // its renewals and releases go through for a lease without a record only,
 // and nothing takes a slot without a token.
 func TestLegacyTransition(t *testing.T) {
-	e := newKubeEnv(t)
+	e, _ := newKube(t)
 	ctx := context.Background()
 	ns := e.namespace(t, "upgrade")
 	_, old := e.member(t, ns, "old", "jobs", 3)
 	_, current := e.member(t, ns, "current", "jobs", 3)
-	client := inProcess(t, e, func(c *leaseserver.Config) { c.Legacy = legacySet{old.Holder: true} })
+	client := clientOf(t, inProcess(t, e, func(c *leaseserver.Config) { c.Legacy = legacySet{old.Holder: true} }))
 
 	if _, err := client.Renew(ctx, old); err != nil {
 		t.Fatalf("renewal of a legacy lease without a token: %v", err)
@@ -73,12 +79,12 @@ func TestLegacyTransition(t *testing.T) {
 // TestPodRateLimit: a pod that calls faster than its bucket allows gets
 // 429, which the client retries; another pod is not affected.
 func TestPodRateLimit(t *testing.T) {
-	e := newKubeEnv(t)
+	e, _ := newKube(t)
 	ctx := context.Background()
 	ns := e.namespace(t, "limited")
 	busyPod, busy := e.member(t, ns, "busy", "jobs", 2)
 	calmPod, calm := e.member(t, ns, "calm", "jobs", 2)
-	client := inProcess(t, e, func(c *leaseserver.Config) { c.PodRate, c.PodBurst = 0.001, 3 })
+	client := clientOf(t, inProcess(t, e, func(c *leaseserver.Config) { c.PodRate, c.PodBurst = 0.001, 3 }))
 	busyFile, calmFile := t.TempDir()+"/busy", t.TempDir()+"/calm"
 	writeFile(t, busyFile, e.token(t, busyPod, audience))
 	writeFile(t, calmFile, e.token(t, calmPod, audience))

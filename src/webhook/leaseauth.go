@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -11,6 +12,15 @@ import (
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseauth"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseserver"
+)
+
+// The API server client's limits, and how long a pod found for a lease API
+// call is trusted (its annotations rarely change, and a deleted pod's
+// token stops passing its review anyway).
+const (
+	kubeQPS     = 100
+	kubeBurst   = 200
+	podCacheTTL = 5 * time.Second
 )
 
 // kubeClient connects to the API server named by --kubeconfig, or to the
@@ -28,6 +38,9 @@ func kubeClient(c *Config) (kubernetes.Interface, error) {
 	if err != nil {
 		return nil, fmt.Errorf("the lease API checks tokens with the API server, and no connection to it is configured (set --kubeconfig, run in a cluster, or set --lease-api-auth=disabled where no pod can reach the webhook): %w", err)
 	}
+	// Every lease API call may need a TokenReview and a pod GET; client-go's
+	// default of 5 requests/s would make its limiter the lease API's.
+	cfg.QPS, cfg.Burst = kubeQPS, kubeBurst
 	return kubernetes.NewForConfig(cfg)
 }
 
@@ -47,7 +60,7 @@ func leaseAuth(c *Config, lc *leaseserver.Config, reg prometheus.Registerer, log
 	if err != nil {
 		return err
 	}
-	lc.Auth, lc.Pods = verifier, leaseserver.PodsFromAPI{Client: client}
+	lc.Auth, lc.Pods = verifier, leaseserver.NewPodCache(leaseserver.PodsFromAPI{Client: client}, podCacheTTL)
 	if c.LegacyHolderAuth {
 		lc.Legacy = c.legacyLeases
 	}
