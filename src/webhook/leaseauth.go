@@ -2,7 +2,6 @@ package webhook
 
 import (
 	"fmt"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -15,12 +14,14 @@ import (
 )
 
 // The API server client's limits, and how long a pod found for a lease API
-// call is trusted (its annotations rarely change, and a deleted pod's
-// token stops passing its review anyway).
+// call is trusted: as long as a token review, longer than the sidecar's
+// renewal interval (TTL/3), so that a renewing pod costs one GET per period
+// rather than one per call. The holder annotation never changes after
+// admission, and a deleted pod's token stops passing its review.
 const (
-	kubeQPS     = 100
-	kubeBurst   = 200
-	podCacheTTL = 5 * time.Second
+	kubeQPS     = 300
+	kubeBurst   = 600
+	podCacheTTL = leaseauth.DefaultCacheTTL
 )
 
 // kubeClient connects to the API server named by --kubeconfig, or to the
