@@ -6,14 +6,18 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseapi"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseauth"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseserver"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/localproc"
 )
 
 // legacySet is the LegacyLeases of a test: the holders it names are
@@ -103,5 +107,39 @@ func TestPodRateLimit(t *testing.T) {
 	client.UseTokenFile(calmFile)
 	if _, err := client.Renew(ctx, calm); err != nil {
 		t.Fatalf("another pod's renewal: %v", err)
+	}
+}
+
+// TestAPIServerUnreachable: when the token cannot be checked, the answer is
+// a 503 the sidecar retries, never a refusal that ends its lease, and
+// never a pass.
+func TestAPIServerUnreachable(t *testing.T) {
+	e, _ := newKube(t)
+	ns := e.namespace(t, "unreachable")
+	p, l := e.member(t, ns, "cut-off", "jobs", 1)
+	token := e.token(t, p, audience)
+	port, err := localproc.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone, err := kubernetes.NewForConfig(&rest.Config{Host: "https://127.0.0.1:" + strconv.Itoa(port), Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifier, err := leaseauth.New(leaseauth.Config{Client: gone, Audience: audience})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := clientOf(t, inProcess(t, e, func(c *leaseserver.Config) { c.Auth = verifier }))
+	file := t.TempDir() + "/token"
+	writeFile(t, file, token)
+	client.UseTokenFile(file)
+	_, err = client.Release(context.Background(), l)
+	var apiErr *leaseapi.Error
+	if !errors.As(err, &apiErr) || apiErr.Status != http.StatusServiceUnavailable || !leaseapi.Retryable(err) {
+		t.Fatalf("release while the API server is unreachable: %v, want a retryable 503", err)
+	}
+	if h := e.slots(t, l.Name(), 1); h[0] != l.Holder {
+		t.Fatalf("the slot is held by %q, want the pod's lease untouched", h[0])
 	}
 }
