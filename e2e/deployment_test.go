@@ -77,6 +77,7 @@ func scenarioDeployment(t *testing.T, e *env, target *webhookTarget) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	client.UseTokenFile(e.podToken(t, &gone))
 	ctx, cancel := context.WithTimeout(t.Context(), stepTimeout)
 	defer cancel()
 	released, err := client.Release(ctx, leaseapi.Lease{Namespace: ns, Key: key, Slot: slot, Holder: gone.Annotations[admission.AnnotationHolder]})

@@ -201,11 +201,13 @@ func (e *env) served(t *testing.T, name string, target *webhookTarget, extra map
 	}
 }
 
-// startWebhook runs the webhook binary against the suite's Redis nodes and
-// prints its log when the test fails.
+// startWebhook runs the webhook binary against the suite's Redis nodes,
+// checking lease API tokens with the suite's API server, and prints its log
+// when the test fails.
 func (e *env) startWebhook(t *testing.T, args ...string) *webhooktest.Webhook {
 	t.Helper()
-	wh := webhooktest.Start(t, webhooktest.Options{Redis: e.redis.Addrs(), RedisPassword: e.redis.Password, Args: args})
+	wh := webhooktest.Start(t, webhooktest.Options{Redis: e.redis.Addrs(), RedisPassword: e.redis.Password,
+		Kubeconfig: e.cp.KubeconfigPath, Args: args})
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("webhook log tail:\n%s", tail(wh.Logs(), 40))

@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -278,6 +280,10 @@ func scenarioSemaphore(t *testing.T, e *env, target *webhookTarget) {
 			if value != strconv.Itoa(slot) {
 				t.Fatalf("PMPH_LEASE_SLOT %q differs from the slot annotation %d", value, slot)
 			}
+		case "PMPH_LEASE_TOKEN_FILE":
+			// What the kubelet would project there: a token bound to pod-1
+			// for the volume's audience, from the TokenRequest API.
+			value = e.podToken(t, p1)
 		}
 		env = append(env, v.Name+"="+value)
 	}
@@ -658,4 +664,26 @@ func scenarioNoQuorum(t *testing.T, e *env, _ *webhookTarget) {
 		}
 		return nil
 	})
+}
+
+// podToken writes a token bound to p for the audience of its injected token
+// volume, as the kubelet would, and returns the file's path.
+func (e *env) podToken(t *testing.T, p *corev1.Pod) string {
+	t.Helper()
+	var audience string
+	for _, v := range p.Spec.Volumes {
+		if v.Name == admission.TokenVolumeName && v.Projected != nil && len(v.Projected.Sources) == 1 && v.Projected.Sources[0].ServiceAccountToken != nil {
+			audience = v.Projected.Sources[0].ServiceAccountToken.Audience
+		}
+	}
+	if audience == "" {
+		t.Fatalf("%s has no projected token volume %s", p.Name, admission.TokenVolumeName)
+	}
+	res := e.mustKctl(t, "", "create", "token", "default", "-n", p.Namespace, "--audience="+audience, "--duration=10m",
+		"--bound-object-kind=Pod", "--bound-object-name="+p.Name, "--bound-object-uid="+string(p.UID))
+	path := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(path, []byte(strings.TrimSpace(res.Stdout)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

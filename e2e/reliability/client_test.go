@@ -338,7 +338,10 @@ func sidecarEnv(raw []byte) ([]string, error) {
 		for _, e := range c.Env {
 			env = append(env, e.Name+"="+e.Value)
 		}
-		return env, nil
+		// No kubelet projects the token here, and these webhooks run
+		// without Kubernetes (--lease-api-auth=disabled); src/leaseserver
+		// and e2e/scenarios_test.go test the token checks.
+		return append(env, "PMPH_LEASE_TOKEN_FILE="), nil
 	}
 	return nil, errors.New("no sidecar container in the patch")
 }

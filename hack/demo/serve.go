@@ -144,7 +144,7 @@ func runEnvironment(ctx context.Context, cfg config, st *state, logger *log.Logg
 	logger.Printf("Redis nodes: %v", st.RedisAddrs)
 
 	logger.Print("starting the webhook with a generated certificate for 127.0.0.1")
-	wh, err := startWebhook(ctx, cfg.webhookBinary, cfg.dir.path("webhook"), redis.Addrs(), redis.Password)
+	wh, err := startWebhook(ctx, cfg.webhookBinary, cfg.dir.path("webhook"), cfg.dir.kubeconfig(), redis.Addrs(), redis.Password)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -230,8 +231,13 @@ func (w *walker) sidecar(app *metricsApp) error {
 	var shown []string
 	for _, v := range c.Env {
 		value := v.Value
-		if v.Name == "PMPH_LISTEN_ADDRESS" {
+		switch v.Name {
+		case "PMPH_LISTEN_ADDRESS":
 			value = "127.0.0.1:0"
+		case "PMPH_LEASE_TOKEN_FILE":
+			if value, err = w.podToken(&pod); err != nil {
+				return err
+			}
 		}
 		env = append(env, v.Name+"="+value)
 		display := value
@@ -437,6 +443,34 @@ func (w *walker) kubectl(args ...string) (kubectl.Result, error) {
 }
 
 // quiet runs kubectl without printing: for waits and reads.
+// podToken writes what the kubelet would project into the sidecar: a token
+// bound to the pod, for the lease API's audience, from the TokenRequest API.
+func (w *walker) podToken(pod *corev1.Pod) (string, error) {
+	var audience string
+	for _, v := range pod.Spec.Volumes {
+		if v.Name == admission.TokenVolumeName && v.Projected != nil && len(v.Projected.Sources) == 1 && v.Projected.Sources[0].ServiceAccountToken != nil {
+			audience = v.Projected.Sources[0].ServiceAccountToken.Audience
+		}
+	}
+	if audience == "" {
+		return "", fmt.Errorf("%s has no projected token volume %s", pod.Name, admission.TokenVolumeName)
+	}
+	sa := cmp.Or(pod.Spec.ServiceAccountName, "default")
+	res, err := w.quiet("-n", pod.Namespace, "create", "token", sa, "--audience="+audience, "--duration=10m",
+		"--bound-object-kind=Pod", "--bound-object-name="+pod.Name, "--bound-object-uid="+string(pod.UID))
+	if err == nil {
+		err = res.Err()
+	}
+	if err != nil {
+		return "", fmt.Errorf("cannot request a token for %s: %w", pod.Name, err)
+	}
+	path := filepath.Join(w.logs, pod.Name+"-token")
+	if err := os.WriteFile(path, []byte(strings.TrimSpace(res.Stdout)), 0o600); err != nil {
+		return "", fmt.Errorf("cannot write %s: %w", path, err)
+	}
+	return path, nil
+}
+
 func (w *walker) quiet(args ...string) (kubectl.Result, error) {
 	ctx, cancel := context.WithTimeout(w.ctx, waitTimeout)
 	defer cancel()

@@ -37,7 +37,7 @@ type webhook struct {
 // startWebhook writes a CA and serving certificate into dir/certs (the
 // layout the chart's cert-manager Secret has: tls.crt, tls.key, ca.crt) and
 // starts `prometheus-metrics-proxy-hook-webhook` on free loopback ports.
-func startWebhook(ctx context.Context, bin, dir string, redisAddrs []string, redisPassword string) (*webhook, error) {
+func startWebhook(ctx context.Context, bin, dir, kubeconfig string, redisAddrs []string, redisPassword string) (*webhook, error) {
 	certs, err := kubetest.NewServingCert("127.0.0.1", "localhost")
 	if err != nil {
 		return nil, err
@@ -73,6 +73,8 @@ func startWebhook(ctx context.Context, bin, dir string, redisAddrs []string, red
 			"--lease-url="+base,
 			"--lease-ttl="+demoLeaseTTL.String(),
 			"--sidecar-image="+sidecarImage,
+			// TokenReviews and pod lookups for the lease API.
+			"--kubeconfig="+kubeconfig,
 		)
 		if err != nil {
 			return nil, err

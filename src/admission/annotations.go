@@ -63,6 +63,9 @@ type plan struct {
 
 	hasAnnotations bool
 	initContainers int
+	// hasVolumes: spec.volumes is an array (perhaps empty), so the token
+	// volume is appended to it rather than creating it.
+	hasVolumes bool
 	// gracePeriod is the pod's terminationGracePeriodSeconds, or the
 	// default Kubernetes applies when it sets none.
 	gracePeriod int64
@@ -81,7 +84,7 @@ func planFor(pod *podObject, sidecarPort int32, defaultScrapeInterval time.Durat
 	p := &plan{
 		metricsPath: defaultMetricsPath, startupTimeout: DefaultStartupTimeout,
 		hasAnnotations: pod.Annotations != nil, initContainers: len(pod.Spec.InitContainers), gracePeriod: defaultGracePeriod,
-		containers: pod.Spec.Containers,
+		containers: pod.Spec.Containers, hasVolumes: pod.Spec.Volumes != nil,
 	}
 	if tg := pod.Spec.TerminationGracePeriodSeconds; tg != nil {
 		p.gracePeriod = *tg

@@ -43,6 +43,9 @@ func (in *injection) patch(p *plan, lease *leaseEnv) ([]byte, error) {
 	if in.native {
 		ops = append(ops, preStopOps(p.containers, in.port)...)
 	}
+	if lease != nil {
+		ops = append(ops, tokenVolumeOp(in.tokenAudience, p.hasVolumes))
+	}
 	return json.Marshal(ops)
 }
 
@@ -93,7 +96,7 @@ func (in *injection) containerOp(p *plan, c json.RawMessage) patchOperation {
 
 // sidecarJSON is the sidecar container with the pod's environment.
 func (in *injection) sidecarJSON(p *plan, lease *leaseEnv, grace int64) (json.RawMessage, error) {
-	env := make([]corev1.EnvVar, 0, 12)
+	env := make([]corev1.EnvVar, 0, 13)
 	add := func(name, value string) { env = append(env, corev1.EnvVar{Name: name, Value: value}) }
 	add("PMPH_LISTEN_ADDRESS", in.listenAddressEnv)
 	add("PMPH_UPSTREAM", "http://127.0.0.1:"+strconv.Itoa(int(p.metricsPort))+p.metricsPath)
@@ -114,13 +117,18 @@ func (in *injection) sidecarJSON(p *plan, lease *leaseEnv, grace int64) (json.Ra
 			add("PMPH_LEASE_SLOT", strconv.Itoa(lease.lease.Slot))
 			add("PMPH_LEASE_HOLDER", lease.lease.Holder)
 		}
+		add("PMPH_LEASE_TOKEN_FILE", TokenPath)
 	}
 	envJSON, err := json.Marshal(env)
 	if err != nil {
 		return nil, fmt.Errorf("encoding the sidecar's environment: %w", err)
 	}
-	// The container is an object: its env can come first.
-	c := make(json.RawMessage, 0, len(`{"env":,`)+len(envJSON)+len(in.containerJSON))
-	c = append(append(append(c, `{"env":`...), envJSON...), ',')
+	// The container is an object: its per-pod members can come first.
+	c := make(json.RawMessage, 0, len(`{"env":,`)+len(envJSON)+len(in.containerJSON)+len(in.tokenMountJSON)+16)
+	c = append(append(c, `{"env":`...), envJSON...)
+	if lease != nil {
+		c = append(append(c, `,"volumeMounts":`...), in.tokenMountJSON...)
+	}
+	c = append(c, ',')
 	return append(c, in.containerJSON[1:]...), nil
 }

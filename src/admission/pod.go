@@ -25,6 +25,7 @@ type podSpec struct {
 	Containers                    []containerPorts `json:"containers"`
 	InitContainers                []containerPorts `json:"initContainers"`
 	HostNetwork                   bool             `json:"hostNetwork"`
+	Volumes                       []corev1.Volume  `json:"volumes"`
 	TerminationGracePeriodSeconds *int64           `json:"terminationGracePeriodSeconds"`
 }
 

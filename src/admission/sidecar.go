@@ -1,6 +1,7 @@
 package admission
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,6 +32,10 @@ type Sidecar struct {
 	ScrapeInterval time.Duration
 	// LeaseURL is the lease API base URL the sidecar renews through.
 	LeaseURL string
+	// LeaseTokenAudience is the audience of the projected ServiceAccount
+	// token the sidecar authenticates to the lease API with; empty means
+	// DefaultTokenAudience.
+	LeaseTokenAudience string
 }
 
 // sidecarUser runs the sidecar: the distroless image's nonroot user.
@@ -63,6 +68,8 @@ type injection struct {
 	port             int32
 	scrapeInterval   time.Duration
 	leaseURL         string
+	tokenAudience    string
+	tokenMountJSON   []byte
 	listenAddressEnv string
 }
 
@@ -74,12 +81,18 @@ func newInjection(s Sidecar) (*injection, error) {
 	if err != nil {
 		return nil, fmt.Errorf("admission: encoding the sidecar container: %w", err)
 	}
+	mount, err := json.Marshal(tokenMount)
+	if err != nil {
+		return nil, fmt.Errorf("admission: encoding the sidecar's token mount: %w", err)
+	}
 	return &injection{
 		containerJSON:    container,
+		tokenMountJSON:   mount,
 		native:           s.Native,
 		port:             s.Port,
 		scrapeInterval:   s.ScrapeInterval,
 		leaseURL:         s.LeaseURL,
+		tokenAudience:    cmp.Or(s.LeaseTokenAudience, DefaultTokenAudience),
 		listenAddressEnv: ":" + strconv.Itoa(int(s.Port)),
 	}, nil
 }

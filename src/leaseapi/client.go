@@ -10,15 +10,22 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 )
 
 // Client calls the lease API of any webhook replica.
 type Client struct {
-	base string
-	http *http.Client
+	base      string
+	http      *http.Client
+	tokenFile string
 }
+
+// UseTokenFile makes every call send the token in path as "Authorization:
+// Bearer". The file is read on every call, because the kubelet replaces a
+// projected token long before it expires. Call it before the first call.
+func (c *Client) UseTokenFile(path string) { c.tokenFile = path }
 
 // NewClient builds a client for baseURL (e.g. https://pmph.pmph-system.svc:443)
 // that trusts only the CA bundle caPEM; an empty bundle means the system
@@ -53,6 +60,7 @@ func NewClient(baseURL string, caPEM []byte, timeout time.Duration) (*Client, er
 type Error struct {
 	Status  int
 	Reason  string
+	Cause   string
 	Message string
 }
 
@@ -133,6 +141,13 @@ func (c *Client) post(ctx context.Context, path string, in, out any) error {
 		return fmt.Errorf("building the lease API request: %w", err)
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if c.tokenFile != "" {
+		token, err := os.ReadFile(c.tokenFile)
+		if err != nil {
+			return fmt.Errorf("reading the lease API token: %w", err)
+		}
+		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return fmt.Errorf("calling the lease API at %s: %w", c.base+path, err)
@@ -147,7 +162,7 @@ func (c *Client) post(ctx context.Context, path string, in, out any) error {
 		if json.Unmarshal(data, &e) != nil || e.Error == "" {
 			e.Error = strings.TrimSpace(string(data))
 		}
-		return &Error{Status: resp.StatusCode, Reason: e.Reason, Message: e.Error}
+		return &Error{Status: resp.StatusCode, Reason: e.Reason, Cause: e.Cause, Message: e.Error}
 	}
 	if err := json.Unmarshal(data, out); err != nil {
 		return fmt.Errorf("decoding the lease API answer: %w", err)

@@ -2,9 +2,9 @@
 // sidecars keep and give back their pod's semaphore slot (POST
 // /v1/leases/renew, /release and /acquire on the webhook's TLS port), and the
 // client sidecars call it with. The server side is package leaseserver; this
-// package links no Redis client, so the sidecar stays small. The holder id a
-// sidecar presents is its capability: every operation compares it with the
-// slot's value on the Redis nodes.
+// package links no Redis client, so the sidecar stays small. Every call carries
+// the pod's projected ServiceAccount token; the holder id only names the
+// lease and grants nothing on its own.
 package leaseapi
 
 import (
@@ -63,6 +63,9 @@ type ReleaseResponse struct {
 type ErrorResponse struct {
 	Error  string `json:"error"`
 	Reason string `json:"reason"`
+	// Cause names the rule a 401 or 403 answer applied, e.g.
+	// "other-holder"; see docs/reliability.md.
+	Cause string `json:"cause,omitempty"`
 }
 
 // Reasons in ErrorResponse.
@@ -72,6 +75,15 @@ const (
 	ReasonConflict   = "Conflict"
 	ReasonFull       = "Full"
 	ReasonNoQuorum   = "NoQuorum"
+	// ReasonUnauthorized (401): no token, or one the API server does not
+	// accept for the lease API's audience.
+	ReasonUnauthorized = "Unauthorized"
+	// ReasonForbidden (403): a valid token of a pod that may not do this
+	// to this lease; ErrorResponse.Cause says which rule it broke.
+	ReasonForbidden = "Forbidden"
+	// ReasonRateLimited (429): the pod sends more requests than a sidecar
+	// needs.
+	ReasonRateLimited = "RateLimited"
 )
 
 var (

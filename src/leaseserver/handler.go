@@ -13,10 +13,12 @@ import (
 	"mime"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+	"golang.org/x/time/rate"
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseapi"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/semaphore"
@@ -36,6 +38,18 @@ type Config struct {
 	// Metrics, when set, counts requests; register it with the caller's
 	// registry.
 	Metrics *Metrics
+	// Auth verifies the bearer token of every request and Pods finds the
+	// token's pod (see authorize.go). A nil Auth checks nothing: only for
+	// a webhook run without Kubernetes (--lease-api-auth=disabled).
+	Auth Authenticator
+	Pods PodGetter
+	// Legacy, when set, lets renewals and releases without a token through
+	// for leases granted before tokens were checked.
+	Legacy LegacyLeases
+	// PodRate and PodBurst limit each pod's requests; zero means
+	// DefaultPodRate and DefaultPodBurst, a negative PodRate no limit.
+	PodRate  rate.Limit
+	PodBurst int
 }
 
 // NewHandler serves leaseapi.RenewPath, leaseapi.ReleasePath and leaseapi.AcquirePath.
@@ -43,7 +57,10 @@ func NewHandler(cfg Config) http.Handler {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 2 * time.Second
 	}
-	h := &handler{cfg: cfg}
+	if cfg.Auth != nil && cfg.Pods == nil {
+		panic("leaseserver: Config.Auth needs Config.Pods")
+	}
+	h := &handler{cfg: cfg, limits: newPodLimits(cfg.PodRate, cfg.PodBurst, time.Now)}
 	mux := http.NewServeMux()
 	mux.HandleFunc(leaseapi.RenewPath, h.serve("renew", h.renew))
 	mux.HandleFunc(leaseapi.ReleasePath, h.serve("release", h.release))
@@ -51,7 +68,16 @@ func NewHandler(cfg Config) http.Handler {
 	return mux
 }
 
-type handler struct{ cfg Config }
+type handler struct {
+	cfg    Config
+	limits *podLimits
+}
+
+// request is what an operation reads: the body and the bearer token.
+type request struct {
+	body  []byte
+	token string
+}
 
 // answer is what an operation decided: a status, a body, and for the log a
 // reason when it is not a success.
@@ -59,16 +85,22 @@ type answer struct {
 	status int
 	body   any
 	reason string
+	// cause is set on a refusal by authorize.
+	cause string
 }
 
 func fail(status int, reason string, err error) answer {
 	return answer{status: status, reason: reason, body: leaseapi.Failure(reason, err)}
 }
 
-func (h *handler) serve(op string, do func(context.Context, []byte) (answer, leaseapi.Lease)) http.HandlerFunc {
+// operation is one lease API call: it decodes and checks the request,
+// authorizes its caller, and asks the semaphore.
+type operation func(context.Context, request) (answer, leaseapi.Lease, caller)
+
+func (h *handler) serve(op string, do operation) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		began := time.Now()
-		a, lease := h.decide(r, do)
+		a, lease, who := h.decide(r, do)
 		if a.status == http.StatusServiceUnavailable {
 			w.Header().Set("Retry-After", "1")
 		}
@@ -79,38 +111,67 @@ func (h *handler) serve(op string, do func(context.Context, []byte) (answer, lea
 		w.WriteHeader(a.status)
 		_ = json.NewEncoder(w).Encode(a.body)
 		h.cfg.Metrics.observe(op, a.status, time.Since(began))
-		ev := h.cfg.Logger.Info()
-		if a.status >= 500 {
-			ev = h.cfg.Logger.Error()
-		} else if a.status >= 400 {
-			ev = h.cfg.Logger.Warn()
+		h.cfg.Metrics.reject(op, a.cause)
+		if who.legacy && a.status < 400 {
+			h.cfg.Metrics.legacyAccepted(op)
 		}
-		ev.Str("operation", op).Int("code", a.status).Str("namespace", lease.Namespace).
-			Str("key", lease.Key).Int("slot", lease.Slot).
-			// The holder id is a capability: a prefix is enough to correlate.
-			Str("holder_prefix", prefix(lease.Holder, 8)).
-			Str("reason", a.reason).Dur("duration", time.Since(began)).Msg("Answered a lease request.")
+		h.log(op, a, lease, who, time.Since(began))
 	}
 }
 
-func (h *handler) decide(r *http.Request, do func(context.Context, []byte) (answer, leaseapi.Lease)) (answer, leaseapi.Lease) {
+func (h *handler) log(op string, a answer, lease leaseapi.Lease, who caller, took time.Duration) {
+	ev := h.cfg.Logger.Info()
+	if a.status >= 500 {
+		ev = h.cfg.Logger.Error()
+	} else if a.status >= 400 {
+		ev = h.cfg.Logger.Warn()
+	}
+	ev = ev.Str("operation", op).Int("code", a.status).Str("namespace", lease.Namespace).
+		Str("key", lease.Key).Int("slot", lease.Slot).Str("reason", a.reason)
+	if a.cause != "" {
+		ev = ev.Str("cause", a.cause)
+	}
+	if who.pod.PodName != "" {
+		ev = ev.Str("pod", who.pod.Namespace+"/"+who.pod.PodName).Str("pod_uid", who.pod.PodUID)
+	}
+	if who.legacy {
+		ev = ev.Bool("legacy_holder_auth", true)
+	}
+	// Holder ids stay out of the info log: the legacy transition still
+	// accepts one alone. A prefix at debug level correlates.
+	if h.cfg.Logger.GetLevel() <= zerolog.DebugLevel {
+		ev = ev.Str("holder_prefix", prefix(lease.Holder, 8))
+	}
+	ev.Dur("duration", took).Msg("Answered a lease request.")
+}
+
+func (h *handler) decide(r *http.Request, do operation) (answer, leaseapi.Lease, caller) {
 	if r.Method != http.MethodPost {
-		return fail(http.StatusMethodNotAllowed, leaseapi.ReasonBadRequest, fmt.Errorf("method %s is not allowed; use POST", r.Method)), leaseapi.Lease{}
+		return fail(http.StatusMethodNotAllowed, leaseapi.ReasonBadRequest, fmt.Errorf("method %s is not allowed; use POST", r.Method)), leaseapi.Lease{}, caller{}
 	}
 	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
-		return fail(http.StatusUnsupportedMediaType, leaseapi.ReasonBadRequest, fmt.Errorf("content type %q is not supported; send application/json", r.Header.Get("Content-Type"))), leaseapi.Lease{}
+		return fail(http.StatusUnsupportedMediaType, leaseapi.ReasonBadRequest, fmt.Errorf("content type %q is not supported; send application/json", r.Header.Get("Content-Type"))), leaseapi.Lease{}, caller{}
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxBody))
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			return fail(http.StatusRequestEntityTooLarge, leaseapi.ReasonBadRequest, fmt.Errorf("the request body exceeds %d bytes", maxBody)), leaseapi.Lease{}
+			return fail(http.StatusRequestEntityTooLarge, leaseapi.ReasonBadRequest, fmt.Errorf("the request body exceeds %d bytes", maxBody)), leaseapi.Lease{}, caller{}
 		}
-		return fail(http.StatusBadRequest, leaseapi.ReasonBadRequest, fmt.Errorf("reading the request body: %w", err)), leaseapi.Lease{}
+		return fail(http.StatusBadRequest, leaseapi.ReasonBadRequest, fmt.Errorf("reading the request body: %w", err)), leaseapi.Lease{}, caller{}
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.Timeout)
 	defer cancel()
-	return do(ctx, body)
+	return do(ctx, request{body: body, token: bearer(r.Header.Get("Authorization"))})
+}
+
+// bearer is the token of an "Authorization: Bearer" header, "" for none.
+func bearer(header string) string {
+	scheme, token, ok := strings.Cut(header, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return ""
+	}
+	return strings.TrimSpace(token)
 }
 
 func decode(body []byte, into any) error {
@@ -125,51 +186,62 @@ func decode(body []byte, into any) error {
 	return nil
 }
 
-func (h *handler) renew(ctx context.Context, body []byte) (answer, leaseapi.Lease) {
+func (h *handler) renew(ctx context.Context, req request) (answer, leaseapi.Lease, caller) {
 	var l leaseapi.Lease
-	if err := decode(body, &l); err != nil {
-		return fail(http.StatusBadRequest, leaseapi.ReasonBadRequest, err), l
+	if err := decode(req.body, &l); err != nil {
+		return fail(http.StatusBadRequest, leaseapi.ReasonBadRequest, err), l, caller{}
 	}
 	if err := l.Validate(); err != nil {
-		return fail(http.StatusBadRequest, leaseapi.ReasonBadRequest, err), l
+		return fail(http.StatusBadRequest, leaseapi.ReasonBadRequest, err), l, caller{}
 	}
-	_, err := h.cfg.Semaphore.Renew(ctx, semaphore.Lease{Name: l.Name(), Slot: l.Slot, Holder: l.Holder}, h.cfg.TTL)
-	if err != nil {
-		return semaphoreFailure(err), l
+	no, who := h.authorize(ctx, "renew", req.token, l, 0)
+	if no != nil {
+		return *no, l, who
 	}
-	return answer{status: http.StatusOK, body: leaseapi.LeaseResponse{Lease: l, TTLSeconds: h.cfg.TTL.Seconds()}}, l
+	if _, err := h.cfg.Semaphore.Renew(ctx, semaphore.Lease{Name: l.Name(), Slot: l.Slot, Holder: l.Holder}, h.cfg.TTL); err != nil {
+		return semaphoreFailure(err), l, who
+	}
+	return answer{status: http.StatusOK, body: leaseapi.LeaseResponse{Lease: l, TTLSeconds: h.cfg.TTL.Seconds()}}, l, who
 }
 
-func (h *handler) release(ctx context.Context, body []byte) (answer, leaseapi.Lease) {
+func (h *handler) release(ctx context.Context, req request) (answer, leaseapi.Lease, caller) {
 	var l leaseapi.Lease
-	if err := decode(body, &l); err != nil {
-		return fail(http.StatusBadRequest, leaseapi.ReasonBadRequest, err), l
+	if err := decode(req.body, &l); err != nil {
+		return fail(http.StatusBadRequest, leaseapi.ReasonBadRequest, err), l, caller{}
 	}
 	if err := l.Validate(); err != nil {
-		return fail(http.StatusBadRequest, leaseapi.ReasonBadRequest, err), l
+		return fail(http.StatusBadRequest, leaseapi.ReasonBadRequest, err), l, caller{}
+	}
+	no, who := h.authorize(ctx, "release", req.token, l, 0)
+	if no != nil {
+		return *no, l, who
 	}
 	released, err := h.cfg.Semaphore.Release(ctx, semaphore.Lease{Name: l.Name(), Slot: l.Slot, Holder: l.Holder})
 	if err != nil {
-		return semaphoreFailure(err), l
+		return semaphoreFailure(err), l, who
 	}
-	return answer{status: http.StatusOK, body: leaseapi.ReleaseResponse{Released: released}}, l
+	return answer{status: http.StatusOK, body: leaseapi.ReleaseResponse{Released: released}}, l, who
 }
 
-func (h *handler) acquire(ctx context.Context, body []byte) (answer, leaseapi.Lease) {
-	var req leaseapi.AcquireRequest
-	if err := decode(body, &req); err != nil {
-		return fail(http.StatusBadRequest, leaseapi.ReasonBadRequest, err), req.Lease
+func (h *handler) acquire(ctx context.Context, req request) (answer, leaseapi.Lease, caller) {
+	var ar leaseapi.AcquireRequest
+	if err := decode(req.body, &ar); err != nil {
+		return fail(http.StatusBadRequest, leaseapi.ReasonBadRequest, err), ar.Lease, caller{}
 	}
-	l := req.Lease
-	if err := req.Validate(); err != nil {
-		return fail(http.StatusBadRequest, leaseapi.ReasonBadRequest, err), l
+	l := ar.Lease
+	if err := ar.Validate(); err != nil {
+		return fail(http.StatusBadRequest, leaseapi.ReasonBadRequest, err), l, caller{}
 	}
-	got, err := h.cfg.Semaphore.AcquireAs(ctx, l.Name(), req.Size, h.cfg.TTL, l.Holder)
+	no, who := h.authorize(ctx, "acquire", req.token, l, ar.Size)
+	if no != nil {
+		return *no, l, who
+	}
+	got, err := h.cfg.Semaphore.AcquireAs(ctx, l.Name(), ar.Size, h.cfg.TTL, l.Holder)
 	if err != nil {
-		return semaphoreFailure(err), l
+		return semaphoreFailure(err), l, who
 	}
 	l.Slot = got.Slot
-	return answer{status: http.StatusOK, body: leaseapi.LeaseResponse{Lease: l, TTLSeconds: h.cfg.TTL.Seconds()}}, l
+	return answer{status: http.StatusOK, body: leaseapi.LeaseResponse{Lease: l, TTLSeconds: h.cfg.TTL.Seconds()}}, l, who
 }
 
 // semaphoreFailure maps the semaphore's typed errors to statuses a client
@@ -192,8 +264,10 @@ func semaphoreFailure(err error) answer {
 
 // Metrics counts lease API requests. A nil *Metrics records nothing.
 type Metrics struct {
-	requests  *prometheus.CounterVec
-	durations *prometheus.HistogramVec
+	requests   *prometheus.CounterVec
+	durations  *prometheus.HistogramVec
+	rejections *prometheus.CounterVec
+	legacy     *prometheus.CounterVec
 }
 
 // NewMetrics builds the collectors; register them with the caller's
@@ -210,6 +284,14 @@ func NewMetrics() *Metrics {
 			Help:    "Duration of lease API requests.",
 			Buckets: []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 		}, []string{"operation"}),
+		rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "lease_api_rejections_total",
+			Help: "Lease API requests refused before the semaphore was asked, by operation and cause (missing-token, invalid-token, not-pod-bound, rate-limited, other-namespace, pod-not-found, pod-replaced, not-opted-in, other-semaphore, other-size, other-holder, no-holder).",
+		}, []string{"operation", "cause"}),
+		legacy: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "lease_api_legacy_requests_total",
+			Help: "Renewals and releases accepted without a token, for leases granted by a release before lease API tokens. It falls to zero once those pods are gone.",
+		}, []string{"operation"}),
 	}
 }
 
@@ -217,12 +299,16 @@ func NewMetrics() *Metrics {
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	m.requests.Describe(ch)
 	m.durations.Describe(ch)
+	m.rejections.Describe(ch)
+	m.legacy.Describe(ch)
 }
 
 // Collect implements prometheus.Collector.
 func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	m.requests.Collect(ch)
 	m.durations.Collect(ch)
+	m.rejections.Collect(ch)
+	m.legacy.Collect(ch)
 }
 
 func (m *Metrics) observe(op string, status int, d time.Duration) {
@@ -231,6 +317,20 @@ func (m *Metrics) observe(op string, status int, d time.Duration) {
 	}
 	m.requests.WithLabelValues(op, strconv.Itoa(status)).Inc()
 	m.durations.WithLabelValues(op).Observe(d.Seconds())
+}
+
+func (m *Metrics) reject(op, cause string) {
+	if m == nil || cause == "" {
+		return
+	}
+	m.rejections.WithLabelValues(op, cause).Inc()
+}
+
+func (m *Metrics) legacyAccepted(op string) {
+	if m == nil {
+		return
+	}
+	m.legacy.WithLabelValues(op).Inc()
 }
 
 func prefix(s string, n int) string {

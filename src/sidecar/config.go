@@ -56,6 +56,9 @@ type LeaseConfig struct {
 	// itself with a holder id of its own.
 	WithoutSlot   bool
 	RenewInterval time.Duration
+	// TokenFile holds the pod's projected ServiceAccount token for the
+	// lease API; empty sends none (a lease API without token checks).
+	TokenFile string
 }
 
 // setting is one flag with its environment variable and default.
@@ -80,6 +83,7 @@ func settings() []setting {
 		{"lease-size", "PMPH_LEASE_SIZE", "", "semaphore size, used to take a slot again when the lease was lost"},
 		{"lease-slot", "PMPH_LEASE_SLOT", "", "slot index"},
 		{"lease-holder", "PMPH_LEASE_HOLDER", "", "holder id (32 hex digits)"},
+		{"lease-token-file", "PMPH_LEASE_TOKEN_FILE", "", "the pod's projected ServiceAccount token for the lease API, read on every call"},
 		{"renew-interval", "PMPH_RENEW_INTERVAL", "0", "time between renewals; 0 means a third of the lease TTL"},
 		{"log-level", "PMPH_LOG_LEVEL", "info", "debug, info, warn or error"},
 		{"log-format", "PMPH_LOG_FORMAT", "json", "json or console"},
@@ -301,6 +305,7 @@ func (vs values) lease(caPEM string, readFile func(string) ([]byte, error)) (*Le
 		return nil, vs["lease-url"].errorf("must be an https:// URL with a host, such as https://pmph.pmph-system.svc:443")
 	}
 	lc.URL = vs["lease-url"].raw
+	lc.TokenFile = vs["lease-token-file"].raw
 
 	switch caFile := vs["lease-ca-file"]; {
 	case caFile.set:

@@ -183,9 +183,13 @@ func sidecarEnv(injected map[string]string, upstream string, grace time.Duration
 	for k, v := range injected {
 		env = append(env, k+"="+v)
 	}
+	// No kubelet writes the projected token here, and the webhook runs
+	// without Kubernetes (--lease-api-auth=disabled); src/leaseserver tests
+	// the token checks against the real API server.
 	return append(env, "PMPH_LISTEN_ADDRESS=127.0.0.1:0", "PMPH_UPSTREAM="+upstream,
 		"PMPH_GRACE_PERIOD="+grace.String(), "PMPH_SCRAPE_INTERVAL="+scrapeInterval.String(),
-		"PMPH_FINAL_FETCH_INTERVAL="+fetchInterval.String(), "PMPH_NATIVE_SIDECAR="+strconv.FormatBool(native))
+		"PMPH_FINAL_FETCH_INTERVAL="+fetchInterval.String(), "PMPH_NATIVE_SIDECAR="+strconv.FormatBool(native),
+		"PMPH_LEASE_TOKEN_FILE=")
 }
 
 func startPrometheus(t *testing.T, target string) *prometheustest.Server {

@@ -86,6 +86,11 @@ func newSidecar(cfg sidecar.Config, logger zerolog.Logger) (*sidecar.Sidecar, er
 		if err != nil {
 			return nil, err
 		}
+		if cfg.Lease.TokenFile != "" {
+			client.UseTokenFile(cfg.Lease.TokenFile)
+		} else {
+			logger.Warn().Msg("No lease API token file was given (PMPH_LEASE_TOKEN_FILE); a lease API that checks tokens refuses every call.")
+		}
 		api = client
 		if len(cfg.Lease.CAPEM) == 0 {
 			logger.Warn().Msg("No CA bundle for the lease API was given (PMPH_LEASE_CA or --lease-ca-file); the system's roots are trusted.")

@@ -56,10 +56,21 @@ func parseDockerfile(t *testing.T, path string, args map[string]string) dockerfi
 			if len(f) == 0 || f[0] != "--from=build" {
 				continue
 			}
-			if len(f) != 3 || !strings.HasPrefix(f[1], "/out/") {
-				t.Fatalf("COPY %s: the test reads only COPY --from=build /out/FILE DEST", rest)
+			sources, dest := f[1:len(f)-1], f[len(f)-1]
+			if len(sources) == 0 || (len(sources) > 1 && !strings.HasSuffix(dest, "/")) {
+				t.Fatalf("COPY %s: the test reads COPY --from=build /out/FILE... DEST, with a directory DEST (ending in /) for several files", rest)
 			}
-			d.copies[strings.TrimPrefix(f[1], "/out/")] = f[2]
+			for _, src := range sources {
+				if !strings.HasPrefix(src, "/out/") {
+					t.Fatalf("COPY %s: the test reads only files under /out/", rest)
+				}
+				file := strings.TrimPrefix(src, "/out/")
+				if strings.HasSuffix(dest, "/") {
+					d.copies[file] = dest + file
+				} else {
+					d.copies[file] = dest
+				}
+			}
 		case "RUN":
 			if strings.Contains(rest, "go build") {
 				d.goBuild = withoutMounts(rest)

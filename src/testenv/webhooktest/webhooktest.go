@@ -69,6 +69,10 @@ type Options struct {
 	SidecarImage string
 	// LeaseURL defaults to the webhook's own base URL.
 	LeaseURL string
+	// Kubeconfig connects the webhook to an API server (--kubeconfig), and
+	// with it the lease API checks the sidecars' tokens. Empty runs the
+	// webhook without Kubernetes, with --lease-api-auth=disabled.
+	Kubeconfig string
 	// Args are extra flags, appended last (so they override the ones
 	// above, e.g. "--no-quorum-policy=allow" or "--listen-address=...").
 	Args []string
@@ -265,6 +269,11 @@ func (w *Webhook) args() ([]string, error) {
 			return nil, err
 		}
 		args = append(args, "--redis-password-file="+f)
+	}
+	if w.opts.Kubeconfig != "" {
+		args = append(args, "--kubeconfig="+w.opts.Kubeconfig)
+	} else {
+		args = append(args, "--lease-api-auth=disabled")
 	}
 	leaseURL := w.opts.LeaseURL
 	if leaseURL == "" {

@@ -34,13 +34,28 @@ type Config struct {
 	RedisPasswordFile string
 	RedisTimeout      time.Duration
 	LeaseTTL          time.Duration
-	NoQuorumPolicy    admission.NoQuorumPolicy
-	Sidecar           admission.Sidecar
-	ShutdownDelay     time.Duration
-	ShutdownTimeout   time.Duration
-	LogLevel          string
-	LogFormat         string
+	// LeaseAPIAuth is LeaseAuthToken (every lease API call needs its pod's
+	// token) or LeaseAuthDisabled (no checks: only without Kubernetes).
+	LeaseAPIAuth       string
+	LeaseTokenAudience string
+	// LegacyHolderAuth accepts renewals and releases without a token for
+	// leases granted before tokens were checked (the upgrade transition).
+	LegacyHolderAuth bool
+	// Kubeconfig is the API server connection; empty means in-cluster.
+	Kubeconfig      string
+	NoQuorumPolicy  admission.NoQuorumPolicy
+	Sidecar         admission.Sidecar
+	ShutdownDelay   time.Duration
+	ShutdownTimeout time.Duration
+	LogLevel        string
+	LogFormat       string
 }
+
+// Values of --lease-api-auth.
+const (
+	LeaseAuthToken    = "token"
+	LeaseAuthDisabled = "disabled"
+)
 
 // ConfigError is an invalid flag or environment variable: the process
 // stops with its one-line message.
@@ -69,7 +84,7 @@ func ParseConfig(args []string, getenv func(string) string, usage io.Writer) (*C
 	src := fillFromEnv(fs, getenv)
 	c := &Config{}
 	for _, step := range []func(*Config, *flags, sources) error{
-		parseListeners, parseRedis, parseLease, parseSidecar, parseShutdown, parseLogging, readRedisPassword,
+		parseListeners, parseRedis, parseLease, parseLeaseAuth, parseSidecar, parseShutdown, parseLogging, readRedisPassword,
 	} {
 		if err := step(c, f, src); err != nil {
 			return nil, err
@@ -83,6 +98,7 @@ type flags struct {
 	listen, metrics, probes, certDir, http2                                string
 	redisAddrs, passwordFile, redisTimeout                                 string
 	leaseTTL, leaseURL, noQuorum                                           string
+	leaseAuth, audience, legacyAuth, kubeconfig                            string
 	image, pullPolicy, sidecarPort, cpuReq, memReq, cpuLim, memLim, native string
 	scrapeInterval, delay, shutdown, logLevel, logFormat                   string
 }
@@ -104,6 +120,10 @@ func defineFlags(fs *flag.FlagSet) *flags {
 	str(&f.redisTimeout, "redis-timeout", "50ms", "per-node dial/read/write timeout")
 	str(&f.leaseTTL, "lease-ttl", "30s", "TTL of a running pod's lease; the sidecar renews every TTL/3")
 	str(&f.leaseURL, "lease-url", "", "base URL the sidecar uses for the lease API; required")
+	str(&f.leaseAuth, "lease-api-auth", LeaseAuthToken, "token: every lease API call must carry its pod's projected ServiceAccount token; disabled: no checks, for a webhook run without Kubernetes (tests, demos)")
+	str(&f.audience, "lease-token-audience", admission.DefaultTokenAudience, "audience of the projected token injected into sidecars and required by the lease API")
+	boolean(&f.legacyAuth, "lease-legacy-holder-auth", "true", "accept renewals and releases without a token for leases granted by a release before lease API tokens (no lease record); see docs/reliability.md")
+	str(&f.kubeconfig, "kubeconfig", "", "kubeconfig of the API server; empty: the in-cluster configuration")
 	str(&f.noQuorum, "no-quorum-policy", "deny", "deny or allow when Redis has no quorum")
 	str(&f.image, "sidecar-image", "", "image of the injected sidecar; required")
 	str(&f.pullPolicy, "sidecar-image-pull-policy", "IfNotPresent", "Always, IfNotPresent or Never")
@@ -233,6 +253,24 @@ func parseLease(c *Config, f *flags, src sources) error {
 	return nil
 }
 
+// parseLeaseAuth reads how the lease API tells the pod that calls it.
+func parseLeaseAuth(c *Config, f *flags, src sources) error {
+	c.LeaseAPIAuth, c.LeaseTokenAudience, c.Kubeconfig = f.leaseAuth, f.audience, f.kubeconfig
+	switch c.LeaseAPIAuth {
+	case LeaseAuthToken, LeaseAuthDisabled:
+	default:
+		return src.invalid("lease-api-auth", f.leaseAuth, "must be token or disabled")
+	}
+	if c.LeaseTokenAudience == "" || strings.ContainsAny(c.LeaseTokenAudience, " \t\n,") {
+		return src.invalid("lease-token-audience", f.audience, "must be one audience, without spaces or commas")
+	}
+	var err error
+	if c.LegacyHolderAuth, err = strconv.ParseBool(f.legacyAuth); err != nil {
+		return src.invalid("lease-legacy-holder-auth", f.legacyAuth, "must be true or false")
+	}
+	return nil
+}
+
 // parseSidecar describes the injected container; the lease URL was
 // checked by parseLease.
 func parseSidecar(c *Config, f *flags, src sources) error {
@@ -262,6 +300,7 @@ func parseSidecar(c *Config, f *flags, src sources) error {
 		Image: f.image, PullPolicy: corev1.PullPolicy(f.pullPolicy), Command: []string{admission.SidecarCommand},
 		Port: int32(port), Native: native,
 		ScrapeInterval: scrapeInterval, LeaseURL: strings.TrimSuffix(f.leaseURL, "/"),
+		LeaseTokenAudience: c.LeaseTokenAudience,
 	}
 	return parseSidecarResources(&c.Sidecar, f, src)
 }

@@ -30,12 +30,14 @@ func TestDefaults(t *testing.T) {
 		RedisAddresses: []string{"r0:6379", "r1:6379", "r2:6379"}, RedisTimeout: 50 * time.Millisecond,
 		LeaseTTL: 30 * time.Second, NoQuorumPolicy: admission.NoQuorumDeny, ShutdownTimeout: 20 * time.Second, ShutdownDelay: 5 * time.Second,
 		LogLevel: "info", LogFormat: "json",
+		LeaseAPIAuth: LeaseAuthToken, LeaseTokenAudience: "prometheus-metrics-proxy-hook", LegacyHolderAuth: true,
 		Sidecar: admission.Sidecar{Image: "img:1", PullPolicy: corev1.PullIfNotPresent, Command: []string{admission.SidecarCommand}, Port: 65532,
 			Resources: corev1.ResourceRequirements{
 				Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("16Mi")},
 				Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("32Mi")},
 			},
-			Native: true, ScrapeInterval: time.Minute, LeaseURL: "https://pmph.ns.svc:443"},
+			Native: true, ScrapeInterval: time.Minute, LeaseURL: "https://pmph.ns.svc:443",
+			LeaseTokenAudience: "prometheus-metrics-proxy-hook"},
 	}
 	if !equalConfig(c, &want) {
 		t.Fatalf("got %+v\nwant %+v", *c, want)
@@ -47,7 +49,9 @@ func equalConfig(a, b *Config) bool {
 		a.ListenAddress == b.ListenAddress && a.MetricsAddress == b.MetricsAddress && a.ProbeAddress == b.ProbeAddress &&
 		a.CertDir == b.CertDir && a.EnableHTTP2 == b.EnableHTTP2 && a.RedisTimeout == b.RedisTimeout && a.LeaseTTL == b.LeaseTTL &&
 		a.NoQuorumPolicy == b.NoQuorumPolicy && reflect.DeepEqual(a.Sidecar, b.Sidecar) && a.ShutdownTimeout == b.ShutdownTimeout && a.ShutdownDelay == b.ShutdownDelay &&
-		a.LogLevel == b.LogLevel && a.LogFormat == b.LogFormat && a.RedisPassword == b.RedisPassword
+		a.LogLevel == b.LogLevel && a.LogFormat == b.LogFormat && a.RedisPassword == b.RedisPassword &&
+		a.LeaseAPIAuth == b.LeaseAPIAuth && a.LeaseTokenAudience == b.LeaseTokenAudience &&
+		a.LegacyHolderAuth == b.LegacyHolderAuth && a.Kubeconfig == b.Kubeconfig
 }
 
 func TestEnvAndFlags(t *testing.T) {
@@ -90,6 +94,9 @@ func TestConfigErrors(t *testing.T) {
 		{[]string{"--redis-addresses=a:1,a:1,b:2", "--lease-url=https://x", "--sidecar-image=i"}, nil, `"a:1" is listed twice`},
 		{[]string{"--redis-addresses=a", "--lease-url=https://x", "--sidecar-image=i"}, nil, `"a" must be host:port`},
 		{append(required, "extra"), nil, `unexpected argument "extra"`},
+		{append(required, "--lease-api-auth=none"), nil, `invalid --lease-api-auth "none": must be token or disabled`},
+		{append(required, "--lease-token-audience=a,b"), nil, `invalid --lease-token-audience "a,b": must be one audience`},
+		{required, map[string]string{"PMPH_LEASE_LEGACY_HOLDER_AUTH": "maybe"}, `invalid PMPH_LEASE_LEGACY_HOLDER_AUTH "maybe": must be true or false`},
 		{[]string{"--redis-addresses=a:1", "--lease-url=https://x"}, nil, "missing --sidecar-image (or PMPH_SIDECAR_IMAGE)"},
 		{[]string{"--redis-addresses=a:1", "--lease-url=https://x", "--sidecar-image=img 1"}, nil, `invalid --sidecar-image "img 1": must be an image reference without spaces`},
 		{[]string{"--lease-url=https://x", "--sidecar-image=i"}, map[string]string{"PMPH_REDIS_ADDRESSES": " "}, "missing --redis-addresses (or PMPH_REDIS_ADDRESSES)"},

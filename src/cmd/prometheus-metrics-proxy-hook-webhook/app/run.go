@@ -92,9 +92,13 @@ func Run(ctx context.Context, c *Config, logger zerolog.Logger) error {
 	}
 	leaseMetrics := leaseserver.NewMetrics()
 	reg.MustRegister(leaseMetrics)
-	leases := leaseserver.NewHandler(leaseserver.Config{
+	leaseCfg := leaseserver.Config{
 		Semaphore: sem, TTL: c.LeaseTTL, Logger: logger.With().Str("component", "leaseapi").Logger(), Metrics: leaseMetrics,
-	})
+	}
+	if err := leaseAuth(c, &leaseCfg, nil, reg, logger); err != nil {
+		return fail(err)
+	}
+	leases := leaseserver.NewHandler(leaseCfg)
 
 	probes := server.NewProbes(certs.Ready)
 	timeouts := server.DefaultTimeouts()
