@@ -13,7 +13,7 @@
 //
 // Pod traffic stays on the machine: pods reach each other over the bridge,
 // and the node (the API server, the kubelet) through the node's own address
-// on a dummy interface; nothing is masqueraded, and a guard rule drops what a
+// on the loopback interface; nothing is masqueraded, and a guard rule drops what a
 // pod sends out through any other interface.
 package kubenode
 
@@ -80,7 +80,8 @@ type Node struct {
 	*kubetest.ControlPlane
 	// Name is the Node object's name.
 	Name string
-	// IP is the node's InternalIP, on a dummy interface of its own.
+	// IP is the node's InternalIP, an address of its own on the loopback
+	// interface.
 	IP string
 	// PodCIDR is the pod network's subnet.
 	PodCIDR string
@@ -235,7 +236,7 @@ func (n *Node) prepare() error {
 	if err := installGuard(); err != nil {
 		return err
 	}
-	return addDummy(a.nodeIP)
+	return addNodeAddress(a.nodeIP)
 }
 
 func (n *Node) startControlPlane(ctx context.Context) error {

@@ -114,7 +114,7 @@ func checkWorkloads(t *testing.T, n *Node) {
 		}
 	})
 	t.Run("ClusterIP routes", func(t *testing.T) {
-		out := mustKubectl(t, n, "-n", ns, "exec", "client", "--", "wget", "-qO-", "-T", "5", "http://"+clusterIP+"/")
+		out := mustKubectl(t, n, "-n", ns, "exec", "client", "--", "timeout", "5", "wget", "-qO-", "http://"+clusterIP+"/")
 		if strings.TrimSpace(out) != "hello from web" {
 			t.Errorf("GET http://%s/ from a pod = %q, want the server's page", clusterIP, out)
 		}
@@ -125,7 +125,7 @@ func checkWorkloads(t *testing.T, n *Node) {
 		if !strings.Contains(out, clusterIP) {
 			t.Errorf("nslookup %s in a pod said %q, want the address %s", name, out, clusterIP)
 		}
-		out = mustKubectl(t, n, "-n", ns, "exec", "client", "--", "wget", "-qO-", "-T", "5", "http://web/")
+		out = mustKubectl(t, n, "-n", ns, "exec", "client", "--", "timeout", "5", "wget", "-qO-", "http://web/")
 		if strings.TrimSpace(out) != "hello from web" {
 			t.Errorf("GET http://web/ (the Service by its short name) = %q, want the server's page", out)
 		}
@@ -137,7 +137,8 @@ func checkWorkloads(t *testing.T, n *Node) {
 // pod, then checks that the unlabelled client is refused and, as the control,
 // that a labelled pod still gets through to the same address and port.
 func checkNetworkPolicy(t *testing.T, n *Node, ns, clusterIP string) {
-	policy := filepath.Join(t.TempDir(), "policy.yaml")
+	// Not t.TempDir: kubectl splits -f at the commas of a subtest's name.
+	policy := filepath.Join(n.Dir, "policy.yaml")
 	if err := os.WriteFile(policy, []byte(`apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
@@ -161,7 +162,7 @@ spec:
 	fetch := func(pod string) (string, error) {
 		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 		defer cancel()
-		out, err := n.Kubectl(ctx, "-n", ns, "exec", pod, "--", "wget", "-qO-", "-T", "3", url)
+		out, err := n.Kubectl(ctx, "-n", ns, "exec", pod, "--", "timeout", "5", "wget", "-qO-", url)
 		return string(out), err
 	}
 	// The enforcer applies a new policy within seconds; until then the
@@ -208,10 +209,11 @@ func checkClean(t *testing.T, dir, forwarding string) {
 	if mounts := mountsUnder([]string{dir}); len(mounts) > 0 {
 		t.Errorf("mounts under %s are left: %v", dir, mounts)
 	}
-	for _, link := range []string{bridgeName, dummyName} {
-		if _, err := os.Stat(filepath.Join("/sys/class/net", link)); err == nil {
-			t.Errorf("the link %s is still there", link)
-		}
+	if _, err := os.Stat(filepath.Join("/sys/class/net", bridgeName)); err == nil {
+		t.Errorf("the bridge %s is still there", bridgeName)
+	}
+	if addrs := nodeAddresses(); len(addrs) > 0 {
+		t.Errorf("the node's addresses are still on the loopback interface: %v", addrs)
 	}
 	if chains := leftoverChains(); len(chains) > 0 {
 		t.Errorf("iptables chains are left: %v", chains)
