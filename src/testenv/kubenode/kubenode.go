@@ -87,6 +87,10 @@ type Node struct {
 	PodCIDR string
 	// ClusterDNS is the ClusterIP of the kube-dns Service.
 	ClusterDNS string
+	// NetworkPoliciesUnenforced says why NetworkPolicies are not enforced on
+	// this node ("" when kube-network-policies enforces them): the kernel
+	// must support the nftables queue expression.
+	NetworkPoliciesUnenforced string
 	// Dir is the working directory: one log per component, the kubelet's
 	// root directory, containerd's state.
 	Dir string
