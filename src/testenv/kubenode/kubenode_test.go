@@ -26,6 +26,7 @@ const (
 func TestNode(t *testing.T) {
 	opts := testOptions(t)
 	forwarding := readForwarding(t)
+	sockets := shimSockets()
 	first := startNode(t, opts)
 	t.Run("registered and Ready with its own address", func(t *testing.T) { checkNodeObject(t, first) })
 	t.Run("pods, Service, DNS, logs and exec", func(t *testing.T) { checkWorkloads(t, first) })
@@ -33,7 +34,7 @@ func TestNode(t *testing.T) {
 	if err := first.Stop(); err != nil {
 		t.Fatalf("Stop failed: %v", err)
 	}
-	t.Run("teardown leaves nothing behind", func(t *testing.T) { checkClean(t, dir, forwarding) })
+	t.Run("teardown leaves nothing behind", func(t *testing.T) { checkClean(t, dir, forwarding, sockets) })
 
 	second := startNode(t, opts)
 	t.Run("a second node starts after teardown", func(t *testing.T) {
@@ -49,7 +50,7 @@ func TestNode(t *testing.T) {
 	if err := second.Stop(); err != nil {
 		t.Fatalf("Stop failed: %v", err)
 	}
-	checkClean(t, dir, forwarding)
+	checkClean(t, dir, forwarding, sockets)
 }
 
 func startNode(t *testing.T, opts Options) *Node {
@@ -198,7 +199,7 @@ func runServer(t *testing.T, n *Node, ns, name string) string {
 
 // checkClean asserts that a stopped node left no process, mount, link,
 // iptables chain, cgroup, record or directory behind.
-func checkClean(t *testing.T, dir, forwarding string) {
+func checkClean(t *testing.T, dir, forwarding string, sockets map[string]bool) {
 	t.Helper()
 	if pids := markedPids(); len(pids) > 0 {
 		t.Errorf("processes of the node are still running: %v", pids)
@@ -230,9 +231,29 @@ func checkClean(t *testing.T, dir, forwarding string) {
 	if _, err := os.Stat(dir); err == nil {
 		t.Errorf("the working directory %s is still there", dir)
 	}
+	if left, _ := filepath.Glob(filepath.Join(cniResultsDir, cniNetworkName+"-*")); len(left) > 0 {
+		t.Errorf("CNI results of the node's network are left: %v", left)
+	}
+	if _, err := os.Stat("/var/lib/kubelet/device-plugins"); err == nil {
+		t.Error("the kubelet's /var/lib/kubelet/device-plugins is left")
+	}
+	for name := range shimSockets() {
+		if !sockets[name] {
+			t.Errorf("a container shim's socket is left: %s", filepath.Join(shimSocketDir, name))
+		}
+	}
 	if _, err := os.Stat(recordPath); err == nil {
 		t.Errorf("the record %s is still there", recordPath)
 	}
+}
+
+func shimSockets() map[string]bool {
+	names := map[string]bool{}
+	entries, _ := os.ReadDir(shimSocketDir)
+	for _, e := range entries {
+		names[e.Name()] = true
+	}
+	return names
 }
 
 func readForwarding(t *testing.T) string {

@@ -53,6 +53,7 @@ func sweep(dirs []string, toolsBin string) error {
 	add(killMarked())
 	add(killPods())
 	add(unmountUnder(dirs))
+	add(removeHostFiles(dirs))
 	add(removeCgroups())
 	add(deleteLinks(bridgeName))
 	add(removeNodeAddresses())
