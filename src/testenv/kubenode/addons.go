@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -49,11 +50,40 @@ func (n *Node) startCoreDNS(ctx context.Context) error {
 	return nil
 }
 
+// nfqueueProbe is a ruleset with the nftables queue expression, which
+// kube-network-policies uses to hand packets of pods under a policy to its
+// user-space evaluator. `nft -c` makes the kernel check it without applying.
+const nfqueueProbe = `table inet pmph-kubenode-probe {
+	chain forward {
+		type filter hook forward priority 0; policy accept;
+		queue num 100 bypass
+	}
+}
+`
+
+// networkPoliciesUnsupported says why kube-network-policies cannot enforce
+// NetworkPolicies on this kernel ("" when it can).
+func networkPoliciesUnsupported() string {
+	cmd := exec.Command("nft", "-c", "-f", "-")
+	cmd.Stdin = strings.NewReader(nfqueueProbe)
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		return ""
+	}
+	return fmt.Sprintf("kube-network-policies queues packets to user space with the nftables queue expression, and this kernel refuses it (nft -c said: %s)",
+		strings.Join(strings.Fields(string(out)), " "))
+}
+
 // startNetworkPolicies runs kube-network-policies on the host. It reads its
 // API server only from the in-cluster service account files, so it runs in a
 // mount namespace of its own where those paths show the admin token and the
 // API server's CA.
 func (n *Node) startNetworkPolicies(ctx context.Context, bin string, metricsPort int) error {
+	if reason := networkPoliciesUnsupported(); reason != "" {
+		n.NetworkPoliciesUnenforced = reason
+		n.logf("NetworkPolicies are stored but not enforced: %s", reason)
+		return nil
+	}
 	saDir := filepath.Join(n.Dir, "kube-network-policies", "serviceaccount")
 	if err := writeFiles(map[string]string{
 		filepath.Join(saDir, "token"):  n.Token,

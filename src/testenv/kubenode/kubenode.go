@@ -13,7 +13,7 @@
 //
 // Pod traffic stays on the machine: pods reach each other over the bridge,
 // and the node (the API server, the kubelet) through the node's own address
-// on a dummy interface; nothing is masqueraded, and a guard rule drops what a
+// on the loopback interface; nothing is masqueraded, and a guard rule drops what a
 // pod sends out through any other interface.
 package kubenode
 
@@ -80,12 +80,17 @@ type Node struct {
 	*kubetest.ControlPlane
 	// Name is the Node object's name.
 	Name string
-	// IP is the node's InternalIP, on a dummy interface of its own.
+	// IP is the node's InternalIP, an address of its own on the loopback
+	// interface.
 	IP string
 	// PodCIDR is the pod network's subnet.
 	PodCIDR string
 	// ClusterDNS is the ClusterIP of the kube-dns Service.
 	ClusterDNS string
+	// NetworkPoliciesUnenforced says why NetworkPolicies are not enforced on
+	// this node ("" when kube-network-policies enforces them): the kernel
+	// must support the nftables queue expression.
+	NetworkPoliciesUnenforced string
 	// Dir is the working directory: one log per component, the kubelet's
 	// root directory, containerd's state.
 	Dir string
@@ -235,7 +240,7 @@ func (n *Node) prepare() error {
 	if err := installGuard(); err != nil {
 		return err
 	}
-	return addDummy(a.nodeIP)
+	return addNodeAddress(a.nodeIP)
 }
 
 func (n *Node) startControlPlane(ctx context.Context) error {

@@ -5,10 +5,12 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 )
@@ -16,8 +18,8 @@ import (
 const (
 	// bridgeName is the pod network's bridge, created by the CNI bridge plugin.
 	bridgeName = "pmphbr0"
-	// dummyName carries the node's own address.
-	dummyName = "pmph0"
+	// nodeAddrLabel labels the node's own address on the loopback interface.
+	nodeAddrLabel = "lo:pmphnode"
 	// serviceCIDR is kubetest's --service-cluster-ip-range; the "kubernetes"
 	// Service takes its first address and cluster DNS the tenth.
 	serviceCIDR      = "10.0.0.0/24"
@@ -111,17 +113,41 @@ func usedPrefixes() ([]netip.Prefix, error) {
 	return used, sc.Err()
 }
 
-// addDummy gives the node its own address on a dummy interface: the kubelet
-// reports it as the node's InternalIP, which the API server dials for
-// `kubectl logs`, `exec` and `port-forward`.
-func addDummy(ip netip.Addr) error {
-	if err := runCmd("ip", "link", "add", dummyName, "type", "dummy"); err != nil {
-		return err
+// addNodeAddress gives the node its own address: the kubelet reports it as
+// the node's InternalIP, which the API server dials for `kubectl logs`,
+// `exec` and `port-forward`, and pods reach the API server through it. It
+// goes on the loopback interface (this kernel has no dummy interfaces), with
+// a label that lets the sweep find it again.
+func addNodeAddress(ip netip.Addr) error {
+	return runCmd("ip", "addr", "add", netip.PrefixFrom(ip, 32).String(), "dev", "lo", "label", nodeAddrLabel)
+}
+
+// nodeAddresses lists the addresses carrying the node's label.
+func nodeAddresses() []string {
+	out, err := exec.Command("ip", "-4", "-o", "addr", "show", "dev", "lo", "label", nodeAddrLabel).Output()
+	if err != nil {
+		return nil
 	}
-	if err := runCmd("ip", "addr", "add", netip.PrefixFrom(ip, 32).String(), "dev", dummyName); err != nil {
-		return err
+	var addrs []string
+	for line := range strings.Lines(string(out)) {
+		f := strings.Fields(line)
+		for i := 0; i+1 < len(f); i++ {
+			if f[i] == "inet" {
+				addrs = append(addrs, f[i+1])
+			}
+		}
 	}
-	return runCmd("ip", "link", "set", dummyName, "up")
+	return addrs
+}
+
+func removeNodeAddresses() error {
+	var errs []error
+	for _, a := range nodeAddresses() {
+		if err := runCmd("ip", "addr", "del", a, "dev", "lo"); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // writeCNIConfig writes the pod network: a bridge with the gateway address,
