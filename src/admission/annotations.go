@@ -52,6 +52,11 @@ type podView struct {
 		Name         string            `json:"name"`
 		GenerateName string            `json:"generateName"`
 		Annotations  map[string]string `json:"annotations"`
+		// HasLabels tells whether the pod has a labels map the holder
+		// label can be added to.
+		HasLabels bool `json:"-"`
+		// Controller is the owner reference marked as controller.
+		Controller ownerRef `json:"-"`
 	} `json:"metadata"`
 	Spec podSpecView `json:"spec"`
 }

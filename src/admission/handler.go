@@ -385,7 +385,7 @@ func (h *Handler) decide(r *http.Request, rv *review, out []byte, d *decision) {
 			h.detach(d, rv)
 			h.cfg.Logger.Debug().Str("uid", rv.uidText()).Str("semaphore", d.semaphore).Msg("taking a semaphore slot")
 			ctx, cancel := context.WithTimeout(r.Context(), reviewBudget(r.URL.RawQuery))
-			lease, err := h.cfg.Semaphore.Acquire(ctx, d.semaphore, p.size, p.startupTimeout)
+			lease, err := h.acquire(ctx, d.semaphore, p, pod)
 			cancel()
 			var full *semaphore.FullError
 			switch {
@@ -399,7 +399,7 @@ func (h *Handler) decide(r *http.Request, rv *review, out []byte, d *decision) {
 				return
 			case errors.As(err, &full):
 				h.deny(d, rv, out, &denial{code: 429, reason: reasonFull, message: full.Error() +
-					"; the pod will be created when a slot frees up"})
+					h.describeHolders(r.Context(), d.semaphore, p.size) + "; the pod will be created when a slot frees up"})
 				return
 			case h.cfg.NoQuorumPolicy == NoQuorumAllow:
 				d.reason = reasonNoQuorumAllowed

@@ -185,6 +185,9 @@ func (t *template) appendPatch(b []byte, pod *podView, p *plan, lease *leaseEnv,
 			b = appendAnnotation(b, AnnotationHolder, holder)
 		}
 	}
+	if holder != "" {
+		b = appendHolderLabel(b, pod, holder)
+	}
 
 	// The container.
 	switch {

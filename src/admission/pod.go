@@ -38,6 +38,8 @@ func (s *scanner) readObject(p *podView, g *gate) (opted bool, err error) {
 		nameEsc, genEsc     bool
 		specSpan            []byte // a spec that came before metadata
 		specRead, specFound bool
+		owners              []byte // span of metadata.ownerReferences
+		hasLabels           bool
 	)
 	interested := func() bool { return g.optIn == "true" && g.injected != "true" }
 	err = s.Object(func(key []byte, esc bool) error {
@@ -46,6 +48,7 @@ func (s *scanner) readObject(p *podView, g *gate) (opted bool, err error) {
 			sawMeta = true
 			*g = gate{}
 			annotations, name, generateName = nil, nil, nil
+			owners, hasLabels = nil, false
 			if s.IsNull() {
 				return nil
 			}
@@ -56,6 +59,11 @@ func (s *scanner) readObject(p *podView, g *gate) (opted bool, err error) {
 					name, nameEsc, err = s.optRaw()
 				case jsonscan.EqualsKey(key, esc, "generateName"):
 					generateName, genEsc, err = s.optRaw()
+				case jsonscan.EqualsKey(key, esc, "ownerReferences"):
+					owners, err = s.Span()
+				case jsonscan.EqualsKey(key, esc, "labels"):
+					hasLabels = !s.IsNull()
+					err = s.Skip()
 				case jsonscan.EqualsKey(key, esc, "annotations"):
 					if s.IsNull() {
 						annotations = nil
@@ -124,6 +132,12 @@ func (s *scanner) readObject(p *podView, g *gate) (opted bool, err error) {
 	}
 	if generateName != nil {
 		p.Metadata.GenerateName = jsonscan.Unquote(generateName, genEsc)
+	}
+	p.Metadata.HasLabels = hasLabels
+	if owners != nil {
+		if err := readController(owners, &p.Metadata.Controller); err != nil {
+			return true, err
+		}
 	}
 	if annotations != nil {
 		m := make(map[string]string, 8)

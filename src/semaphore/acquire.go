@@ -26,6 +26,10 @@ func (c *Client) Acquire(ctx context.Context, name string, size int, ttl time.Du
 // the holder already holds a slot on a node, that node answers it (and
 // refreshes its TTL) instead of claiming another.
 func (c *Client) AcquireAs(ctx context.Context, name string, size int, ttl time.Duration, holder string) (Lease, error) {
+	return c.acquireAs(ctx, name, size, ttl, holder, nil)
+}
+
+func (c *Client) acquireAs(ctx context.Context, name string, size int, ttl time.Duration, holder string, rec *Record) (Lease, error) {
 	if err := validate(name, size, ttl); err != nil {
 		return Lease{}, err
 	}
@@ -36,6 +40,7 @@ func (c *Client) AcquireAs(ctx context.Context, name string, size int, ttl time.
 	if err != nil {
 		return Lease{}, err
 	}
+	a.record = rec.args()
 	lease, err := a.run(ctx)
 	if err != nil {
 		a.settleSuspects(-1)
@@ -70,6 +75,9 @@ type acquisition struct {
 	holder string
 	nonce  string
 	began  time.Time
+	// record is the lease record's script arguments, written with every
+	// claim of this acquisition.
+	record []any
 	// suspects are the nodes that may have run a claim of this acquisition
 	// without the answer reaching it: an error (a timeout may come after
 	// the node ran the script, and a hung node runs what it queued when it
@@ -154,7 +162,7 @@ func (a *acquisition) settleSuspects(won int) {
 // settle tells one node the outcome, on a connection of its own so that
 // even a hung node queues it; it waits for the answer or the node timeout.
 func (a *acquisition) settle(nodeIdx, won int) {
-	_, err := a.c.nodes[nodeIdx].evalQueued(a.c.scripts.settle, a.base, a.holder, a.nonce, a.ttlMS, won)
+	_, err := a.c.nodes[nodeIdx].evalQueued(a.c.scripts.settle, a.base, a.withRecord(a.holder, a.nonce, a.ttlMS, won)...)
 	a.c.metrics.observeNode(a.c.nodes[nodeIdx].addr, err)
 }
 
@@ -164,7 +172,7 @@ func (a *acquisition) settle(nodeIdx, won int) {
 // node while a quorum owns it, and such holes make the node pick, for the
 // next acquirers, slots the other nodes refuse.
 func (a *acquisition) follow(nodeIdx, won int) {
-	_, err := a.c.nodes[nodeIdx].eval(a.c.scripts.settle, a.base, a.holder, a.nonce, a.ttlMS, won)
+	_, err := a.c.nodes[nodeIdx].eval(a.c.scripts.settle, a.base, a.withRecord(a.holder, a.nonce, a.ttlMS, won)...)
 	a.c.metrics.observeNode(a.c.nodes[nodeIdx].addr, err)
 }
 
@@ -232,7 +240,7 @@ func (a *acquisition) arbitrated(ctx context.Context, order probe) (Lease, error
 	)
 	arbiter, slot := -1, -1
 	for idx := range m {
-		v, err := c.nodes[idx].eval(c.scripts.acquire, a.base, a.holder, a.ttlMS, a.size, order.start, a.nonce, order.stride)
+		v, err := c.nodes[idx].eval(c.scripts.acquire, a.base, a.withRecord(a.holder, a.ttlMS, a.size, order.start, a.nonce, order.stride)...)
 		c.metrics.observeNode(c.nodes[idx].addr, err)
 		claimed, err := parseAcquire(v, err, a.size)
 		if err != nil {
@@ -281,7 +289,7 @@ func (a *acquisition) arbitrated(ctx context.Context, order probe) (Lease, error
 		return Lease{}, a.cancelled(ctx)
 	}
 	replies := c.fanoutExcept(arbiter, func(n *node) (any, error) {
-		return n.eval(c.scripts.claim, a.base, a.holder, slot, a.ttlMS, a.nonce)
+		return n.eval(c.scripts.claim, a.base, a.withRecord(a.holder, slot, a.ttlMS, a.nonce)...)
 	})
 	answered := make([]bool, m)
 	answered[arbiter] = true
@@ -348,7 +356,7 @@ func (a *acquisition) parallel(ctx context.Context, order probe) (Lease, error) 
 	c := a.c
 	began := time.Now()
 	replies := c.fanout(func(n *node) (any, error) {
-		return n.eval(c.scripts.acquire, a.base, a.holder, a.ttlMS, a.size, order.start, a.nonce, order.stride)
+		return n.eval(c.scripts.acquire, a.base, a.withRecord(a.holder, a.ttlMS, a.size, order.start, a.nonce, order.stride)...)
 	})
 
 	m := len(c.nodes)
