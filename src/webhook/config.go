@@ -35,6 +35,12 @@ type Config struct {
 	ShutdownTimeout   time.Duration
 	LogLevel          string
 	LogFormat         string
+	// Kubeconfig is empty for the in-cluster configuration.
+	Kubeconfig              string
+	ReconcileWindow         time.Duration
+	ReconcileInterval       time.Duration
+	LeaderElectionNamespace string
+	LeaderElectionLeaseName string
 }
 
 // ConfigError is an invalid flag or environment variable: the process
@@ -88,6 +94,11 @@ func ParseConfig(args []string, getenv func(string) string, usage io.Writer) (*C
 		shutdown     = str("shutdown-timeout", "20s", "bound on finishing in-flight requests after SIGTERM")
 		logLevel     = str("log-level", "info", "debug, info, warn or error")
 		logFormat    = str("log-format", "json", "json or console")
+		kubeconfig   = str("kubeconfig", "", "kubeconfig file for the API server (empty: the in-cluster service account)")
+		window       = str("reconcile-window", "90s", "how long after its admission a slot may go without a pod before the reconciler releases it; keep it above the API server's request timeout")
+		interval     = str("reconcile-interval", "15s", "time between two comparisons of the leases with the pods")
+		electionNS   = str("leader-election-namespace", "", "namespace of the reconciler's coordination.k8s.io Lease (empty: POD_NAMESPACE, else the service account's)")
+		electionName = str("leader-election-lease-name", "prometheus-metrics-proxy-hook-reconciler", "name of the reconciler's coordination.k8s.io Lease")
 	)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -124,6 +135,7 @@ func ParseConfig(args []string, getenv func(string) string, usage io.Writer) (*C
 		ListenAddress: *listen, MetricsAddress: *metrics, ProbeAddress: *probes,
 		CertDir: *certDir, RedisPasswordFile: *passwordFile, LogLevel: *logLevel, LogFormat: *logFormat,
 		NoQuorumPolicy: admission.NoQuorumPolicy(*noQuorum),
+		Kubeconfig:     *kubeconfig, LeaderElectionNamespace: *electionNS, LeaderElectionLeaseName: *electionName,
 	}
 	for _, a := range []struct{ name, value string }{{"listen-address", *listen}, {"metrics-address", *metrics}, {"probe-address", *probes}} {
 		if _, port, err := net.SplitHostPort(a.value); err != nil || !validPort(port, true) {
@@ -213,6 +225,15 @@ func ParseConfig(args []string, getenv func(string) string, usage io.Writer) (*C
 			return nil, bad(q.name, q.in, "must be a positive Kubernetes quantity such as 10m, 16Mi or 0.5, or empty for none")
 		}
 		*q.out = v
+	}
+	if c.ReconcileWindow, err = duration(*window, time.Second, 24*time.Hour); err != nil {
+		return nil, bad("reconcile-window", *window, err.Error())
+	}
+	if c.ReconcileInterval, err = duration(*interval, 100*time.Millisecond, time.Hour); err != nil {
+		return nil, bad("reconcile-interval", *interval, err.Error())
+	}
+	if *electionName == "" {
+		return nil, bad("leader-election-lease-name", *electionName, "must name the reconciler's Lease")
 	}
 	if c.ShutdownDelay, err = duration(*delay, 0, time.Minute); err != nil {
 		return nil, bad("shutdown-delay", *delay, err.Error())

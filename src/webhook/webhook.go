@@ -88,6 +88,21 @@ func Run(ctx context.Context, c *Config, logger zerolog.Logger) error {
 		return fail(err)
 	}
 
+	kube, err := NewKube(c, sem, reg, logger)
+	if err != nil {
+		return fail(err)
+	}
+	kubeCtx, stopKube := context.WithCancel(context.Background())
+	kubeDone := make(chan struct{})
+	go func() {
+		defer close(kubeDone)
+		kube.Run(kubeCtx, logger)
+	}()
+	defer func() {
+		stopKube()
+		<-kubeDone
+	}()
+
 	certs := certwatch.New(certwatch.Options{Dir: c.CertDir, Logger: logger.With().Str("component", "certwatch").Logger()})
 	reg.MustRegister(certs)
 	watchCtx, stopWatch := context.WithCancel(context.Background())
