@@ -74,6 +74,7 @@ func testScenarios(t *testing.T, e *env) {
 		{"8-startup-timeout-frees-slot", scenarioStartupTimeout},
 		{"9-deployment-on-a-semaphore", scenarioDeployment},
 		{"10-no-redis-quorum", scenarioNoQuorum},
+		{"11-leaks-released-by-the-reconciler", scenarioLeaks},
 	}
 	for _, s := range scenarios {
 		t.Run(s.name, func(t *testing.T) {
