@@ -43,6 +43,7 @@ func NewKube(c *Config, sem *semaphore.Client, reg prometheus.Registerer, logger
 		return nil, err
 	}
 	restConfig.UserAgent = "prometheus-metrics-proxy-hook-webhook"
+	routeKlog(logger)
 	client, err := kubernetes.NewForConfig(restConfig)
 	if err != nil {
 		return nil, fmt.Errorf("building the Kubernetes client: %w", err)
