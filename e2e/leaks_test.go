@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -77,7 +78,7 @@ func scenarioLeaks(t *testing.T, e *env, _ *webhookTarget) {
 					}
 					return nil
 				})
-				t.Logf("cause %s: slot released %s after the refusal (window %s)", c.cause, time.Since(refused).Round(100*time.Millisecond), reconcileWindow)
+				t.Logf("%s (cause %s): slot released %s after the refusal (window %s)", c.name, c.cause, time.Since(refused).Round(100*time.Millisecond), reconcileWindow)
 				if c.cleanup != nil {
 					c.cleanup(t, e, ns)
 				}
@@ -247,7 +248,12 @@ spec:
 `, name, ns)
 	e.mustKctl(t, policy, "apply", "-f", "-")
 	t.Cleanup(func() {
-		e.kctl(t, "", "delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", name, "--ignore-not-found")
+		// The test's context has ended by now.
+		ctx, cancel := context.WithTimeout(context.Background(), stepTimeout)
+		defer cancel()
+		if _, err := e.kubectl.Run(ctx, "", "delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", name, "--ignore-not-found"); err != nil {
+			t.Errorf("removing the policy: %v", err)
+		}
 	})
 	// A pod that does not opt in probes the policy without taking a slot.
 	probe := pod("probe", nil, func(p *corev1.Pod) { p.Labels = map[string]string{"deny": "true"} })
