@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1.7
 #
-# One image, one static binary: `webhook` runs the admission webhook and the
-# lease API, `sidecar` is what the webhook injects into pods (same image).
+# One image, two static binaries: prometheus-metrics-proxy-hook-webhook (the
+# entrypoint) runs the admission webhook and the lease API;
+# prometheus-metrics-proxy-hook-sidecar is the command of the container the
+# webhook injects into pods (same image, admission.SidecarCommand).
 #
 #   docker build --build-arg VERSION=v0.1.0 --build-arg REVISION=$(git rev-parse HEAD) \
 #     -t ghcr.io/kaidotio/prometheus-metrics-proxy-hook:v0.1.0 .
@@ -16,7 +18,7 @@ ARG VERSION=dev
 ARG REVISION=unknown
 WORKDIR /src
 # go.mod also lists the test-only modules (Helm SDK, Kubernetes); the build
-# downloads only what the binary imports, into the cache mount.
+# downloads only what the binaries import, into the cache mount.
 COPY go.mod go.sum ./
 COPY src/ src/
 RUN --mount=type=cache,target=/go/pkg/mod \
@@ -26,7 +28,7 @@ RUN --mount=type=cache,target=/go/pkg/mod \
       -ldflags "-s -w \
         -X github.com/kaidotio/prometheus-metrics-proxy-hook/src/buildinfo.Version=${VERSION} \
         -X github.com/kaidotio/prometheus-metrics-proxy-hook/src/buildinfo.Revision=${REVISION}" \
-      -o /out/prometheus-metrics-proxy-hook ./src/cmd/prometheus-metrics-proxy-hook
+      -o /out/ ./src/cmd/prometheus-metrics-proxy-hook-webhook ./src/cmd/prometheus-metrics-proxy-hook-sidecar
 
 # Static, no shell, no package manager; nonroot is uid/gid 65532, the uid the
 # chart and the injected sidecar run as.
@@ -38,6 +40,6 @@ LABEL org.opencontainers.image.title="prometheus-metrics-proxy-hook" \
       org.opencontainers.image.source="https://github.com/kaidotio/prometheus-metrics-proxy-hook" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}"
-COPY --from=build /out/prometheus-metrics-proxy-hook /usr/local/bin/prometheus-metrics-proxy-hook
+COPY --from=build /out/prometheus-metrics-proxy-hook-webhook /out/prometheus-metrics-proxy-hook-sidecar /usr/local/bin/
 USER 65532:65532
-ENTRYPOINT ["/usr/local/bin/prometheus-metrics-proxy-hook"]
+ENTRYPOINT ["/usr/local/bin/prometheus-metrics-proxy-hook-webhook"]

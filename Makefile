@@ -14,7 +14,8 @@ GO        ?= go
 ROOT      := $(CURDIR)
 TOOLS_BIN := $(ROOT)/.tools/bin
 BIN_DIR   := $(ROOT)/bin
-BINARY    := $(BIN_DIR)/prometheus-metrics-proxy-hook
+WEBHOOK_BINARY := $(BIN_DIR)/prometheus-metrics-proxy-hook-webhook
+SIDECAR_BINARY := $(BIN_DIR)/prometheus-metrics-proxy-hook-sidecar
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 REVISION  ?= $(shell git rev-parse --verify -q HEAD 2>/dev/null || echo unknown)
 LDFLAGS   := -s -w \
@@ -35,13 +36,14 @@ TEST_TARGETS := test-go
 help:
 	@echo "make demo      start a local control plane, install the chart, walk through the scenarios"
 	@echo "make test      run every test (installs redis-server, etcd, prometheus, kube-apiserver... when missing)"
-	@echo "make build     build $(BINARY)"
+	@echo "make build     build $(WEBHOOK_BINARY) and $(SIDECAR_BINARY)"
 	@echo "make lint      gofmt check and go vet"
 	@echo "make bench     run the benchmarks"
 
 .PHONY: build
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BINARY) ./src/cmd/prometheus-metrics-proxy-hook
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(WEBHOOK_BINARY) ./src/cmd/prometheus-metrics-proxy-hook-webhook
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(SIDECAR_BINARY) ./src/cmd/prometheus-metrics-proxy-hook-sidecar
 
 .PHONY: apt-deps
 apt-deps:

@@ -288,12 +288,12 @@ func TestWebhookArgs(t *testing.T) {
 				}
 			}
 			c := container(t, d.Spec.Template.Spec, "webhook")
-			if c.Args[0] != "webhook" {
-				t.Errorf("first arg %q, want the webhook subcommand", c.Args[0])
+			if !slices.Equal(c.Command, []string{webhookCommand}) {
+				t.Errorf("command %q, want [%s]", c.Command, webhookCommand)
 			}
 			// Every flag the chart passes is one the webhook has.
 			known := regexp.MustCompile(`^--(listen-address|metrics-address|probe-address|cert-dir|enable-http2|redis-addresses|redis-password-file|redis-timeout|lease-ttl|lease-url|no-quorum-policy|sidecar-image|sidecar-image-pull-policy|sidecar-port|sidecar-cpu-request|sidecar-memory-request|sidecar-cpu-limit|sidecar-memory-limit|native-sidecar|final-scrape-wait|shutdown-timeout|log-level|log-format|reconcile-window|reconcile-interval|leader-election-namespace|leader-election-lease-name)=`)
-			for _, a := range c.Args[1:] {
+			for _, a := range c.Args {
 				if !known.MatchString(a) {
 					t.Errorf("unknown webhook flag %q", a)
 				}

@@ -8,8 +8,11 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/webhook"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/cmd/prometheus-metrics-proxy-hook-webhook/app"
 )
+
+// webhookCommand is where the Dockerfile installs the webhook binary.
+const webhookCommand = "/usr/local/bin/prometheus-metrics-proxy-hook-webhook"
 
 // The arguments the chart gives the webhook are accepted by the webhook's
 // own flag parser (the contract of docs/configuration.md, checked against
@@ -32,16 +35,16 @@ func TestWebhookAcceptsChartArgs(t *testing.T) {
 			r := mustRender(t, o)
 			d := r.deployment(t)
 			c := container(t, d.Spec.Template.Spec, "webhook")
-			if len(c.Args) == 0 || c.Args[0] != "webhook" {
-				t.Fatalf("args %v do not start with the webhook subcommand", c.Args)
+			if !slices.Equal(c.Command, []string{webhookCommand}) {
+				t.Fatalf("command %q, want [%s]", c.Command, webhookCommand)
 			}
-			args := slices.Clone(c.Args[1:])
+			args := slices.Clone(c.Args)
 			for i, a := range args {
 				if strings.HasPrefix(a, "--redis-password-file=") {
 					args[i] = "--redis-password-file=" + pwFile
 				}
 			}
-			cfg, err := webhook.ParseConfig(args, func(string) string { return "" }, io.Discard)
+			cfg, err := app.ParseConfig(args, func(string) string { return "" }, io.Discard)
 			if err != nil {
 				t.Fatalf("the webhook refuses the chart's arguments: %v\nargs: %q", err, args)
 			}

@@ -146,8 +146,8 @@ func scenarioRestricted(t *testing.T, e *env, target *webhookTarget) {
 	if len(got.Spec.Containers) != 2 || got.Spec.Containers[0].Name != "app" {
 		t.Errorf("containers %v, want the app's followed by the sidecar", names(got.Spec.Containers))
 	}
-	if !slices.Equal(c.Args, []string{"sidecar"}) || len(c.Command) != 0 {
-		t.Errorf("the sidecar runs command %q args %q, want the image's entrypoint with args [sidecar]", c.Command, c.Args)
+	if !slices.Equal(c.Command, []string{admission.SidecarCommand}) || len(c.Args) != 0 {
+		t.Errorf("the sidecar runs command %q args %q, want command [%s] without args", c.Command, c.Args, admission.SidecarCommand)
 	}
 	if len(c.Ports) != 1 || c.Ports[0].Name != admission.SidecarPortName || c.Ports[0].ContainerPort != sidecarPort {
 		t.Errorf("the sidecar's ports are %+v, want %s %d", c.Ports, admission.SidecarPortName, sidecarPort)
@@ -254,8 +254,8 @@ func scenarioSemaphore(t *testing.T, e *env, target *webhookTarget) {
 	if c == nil {
 		t.Fatal("pod-1 has no sidecar")
 	}
-	if len(c.Command) != 0 || len(c.Args) == 0 || c.Args[0] != "sidecar" {
-		t.Fatalf("the sidecar runs command %q args %q; this test starts the binary with args [sidecar ...]", c.Command, c.Args)
+	if !slices.Equal(c.Command, []string{admission.SidecarCommand}) {
+		t.Fatalf("the sidecar runs command %q args %q; this test starts the sidecar binary in its place", c.Command, c.Args)
 	}
 	holder := p1.Annotations[admission.AnnotationHolder]
 	slot, err := strconv.Atoi(p1.Annotations[admission.AnnotationSemaphoreSlot])
@@ -289,7 +289,7 @@ func scenarioSemaphore(t *testing.T, e *env, target *webhookTarget) {
 		}
 		env = append(env, v.Name+"="+value)
 	}
-	sc := sidecartest.Start(t, sidecartest.Options{Env: env, Args: c.Args[1:]})
+	sc := sidecartest.Start(t, sidecartest.Options{Env: env, Args: c.Args})
 
 	// The first renewal turns the 10-minute startup lease into a lease of
 	// the webhook's TTL.

@@ -144,7 +144,7 @@ func startWebhook(dir, name, bin, certDir string, redis *redistest.Cluster, env 
 	if err := os.WriteFile(pw, []byte(redis.Password+"\n"), 0o600); err != nil {
 		return nil, err
 	}
-	p, err := startProc(name, filepath.Join(dir, name+".log"), env, bin, "webhook",
+	p, err := startProc(name, filepath.Join(dir, name+".log"), env, bin,
 		"--listen-address="+addrs[0], "--metrics-address="+addrs[1], "--probe-address="+addrs[2],
 		"--cert-dir="+certDir, "--redis-addresses="+strings.Join(redis.Addrs(), ","),
 		"--redis-password-file="+pw, "--sidecar-image=prometheus-metrics-proxy-hook:bench",

@@ -26,7 +26,8 @@ import (
 
 type options struct {
 	root, stateDir, out        string
-	webhookBin, loadtestBin    string
+	webhookBin, sidecarBin     string
+	loadtestBin                string
 	duration, warmup           time.Duration
 	only                       *regexp.Regexp
 	micro, lax, sidecar, burst bool
@@ -49,7 +50,8 @@ func run(args []string) int {
 	fs.StringVar(&o.root, "root", ".", "the repository's root")
 	fs.StringVar(&o.stateDir, "state-dir", ".cache/bench", "logs, certificates, Redis data and raw results")
 	fs.StringVar(&o.out, "out", "docs/performance.md", "the report; the part between its bench markers is replaced (empty: no report)")
-	fs.StringVar(&o.webhookBin, "webhook-binary", "bin/prometheus-metrics-proxy-hook", "the release build (make build)")
+	fs.StringVar(&o.webhookBin, "webhook-binary", "bin/prometheus-metrics-proxy-hook-webhook", "the release build (make build)")
+	fs.StringVar(&o.sidecarBin, "sidecar-binary", "bin/prometheus-metrics-proxy-hook-sidecar", "the sidecar's release build (make build), for its size")
 	fs.StringVar(&o.loadtestBin, "loadtest-binary", "bin/pmph-loadtest", "the load tool")
 	fs.DurationVar(&o.duration, "duration", 10*time.Second, "measured time per load scenario")
 	fs.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured warm-up per load scenario")
@@ -71,7 +73,7 @@ func run(args []string) int {
 		}
 		o.only = re
 	}
-	for _, p := range []*string{&o.root, &o.stateDir, &o.webhookBin, &o.loadtestBin} {
+	for _, p := range []*string{&o.root, &o.stateDir, &o.webhookBin, &o.sidecarBin, &o.loadtestBin} {
 		abs, err := filepath.Abs(*p)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "bench: %v\n", err)

@@ -20,8 +20,9 @@ type results struct {
 	micro             []microResult
 	rows              []row
 	burst             *row
-	binaryBytes       int64
-	options           *options
+	// webhookBytes and sidecarBytes are the release binaries' sizes.
+	webhookBytes, sidecarBytes int64
+	options                    *options
 }
 
 type microResult struct {
@@ -32,7 +33,7 @@ type microResult struct {
 
 func runAll(ctx context.Context, o *options) error {
 	res := &results{started: time.Now(), machine: describeMachine(), options: o,
-		binaryBytes: binarySize(o.webhookBin)}
+		webhookBytes: binarySize(o.webhookBin), sidecarBytes: binarySize(o.sidecarBin)}
 	logf("load average %s; probing fsync latency", res.machine.loadStart)
 	if err := res.machine.probeFsync(o.stateDir, 2*time.Second); err != nil {
 		logf("fsync probe failed: %v", err)

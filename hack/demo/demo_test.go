@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/localproc"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/sidecartest"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/webhooktest"
 )
 
@@ -26,7 +27,7 @@ func TestDemo(t *testing.T) {
 		t.Skip("the demo starts a control plane; skipped with -short")
 	}
 	bin := buildDemo(t)
-	webhook := webhooktest.Binary(t)
+	webhook, sidecar := webhooktest.Binary(t), sidecartest.Binary(t)
 	state := t.TempDir()
 	root, err := filepath.Abs(filepath.Join("..", ".."))
 	if err != nil {
@@ -36,7 +37,7 @@ func TestDemo(t *testing.T) {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(parent, timeout)
 		defer cancel()
-		cmd := exec.CommandContext(ctx, bin, append(args, "--state-dir", state, "--root", root, "--webhook-binary", webhook)...)
+		cmd := exec.CommandContext(ctx, bin, append(args, "--state-dir", state, "--root", root, "--webhook-binary", webhook, "--sidecar-binary", sidecar)...)
 		cmd.Dir = root
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		out, err := cmd.CombinedOutput()

@@ -24,7 +24,7 @@ const (
 // touches these.
 var ours = map[string]bool{
 	"etcd": true, "kube-apiserver": true, "kube-controller-manager": true,
-	"redis-server": true, "prometheus-metrics-proxy-hook": true,
+	"redis-server": true, "prometheus-metrics-proxy-hook-webhook": true, "prometheus-metrics-proxy-hook-sidecar": true,
 	// Debian's redis-server is a symlink to redis-check-rdb, which is what
 	// /proc/PID/exe names.
 	"redis-check-rdb": true,

@@ -30,6 +30,7 @@ type config struct {
 	dir           stateDir
 	root          string
 	webhookBinary string
+	sidecarBinary string
 }
 
 func main() {
@@ -38,14 +39,15 @@ func main() {
 
 func run(args []string) int {
 	if len(args) == 0 || (args[0] != "up" && args[0] != "down" && args[0] != "serve") {
-		fmt.Fprintln(os.Stderr, "usage: demo up|down|serve [--state-dir DIR] [--root DIR] [--webhook-binary FILE]")
+		fmt.Fprintln(os.Stderr, "usage: demo up|down|serve [--state-dir DIR] [--root DIR] [--webhook-binary FILE] [--sidecar-binary FILE]")
 		return 2
 	}
 	cmd := args[0]
 	fs := flag.NewFlagSet("demo "+cmd, flag.ContinueOnError)
 	stateDirFlag := fs.String("state-dir", ".cache/demo", "directory of the demo's pid file, lock, logs and state")
 	root := fs.String("root", ".", "the repository's root (chart, hack/crds.sh)")
-	webhookBinary := fs.String("webhook-binary", "bin/prometheus-metrics-proxy-hook", "the webhook binary (make build)")
+	webhookBinary := fs.String("webhook-binary", "bin/prometheus-metrics-proxy-hook-webhook", "the webhook binary (make build)")
+	sidecarBinary := fs.String("sidecar-binary", "bin/prometheus-metrics-proxy-hook-sidecar", "the sidecar binary the walkthrough starts (make build)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
@@ -53,7 +55,7 @@ func run(args []string) int {
 	for _, p := range []struct {
 		in  string
 		out *string
-	}{{*stateDirFlag, (*string)(&cfg.dir)}, {*root, &cfg.root}, {*webhookBinary, &cfg.webhookBinary}} {
+	}{{*stateDirFlag, (*string)(&cfg.dir)}, {*root, &cfg.root}, {*webhookBinary, &cfg.webhookBinary}, {*sidecarBinary, &cfg.sidecarBinary}} {
 		abs, err := filepath.Abs(p.in)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "demo: %v\n", err)

@@ -49,7 +49,7 @@ func serve(ctx context.Context, cfg config) int {
 	defer os.Remove(cfg.dir.pidFile())
 	defer os.Remove(cfg.dir.stateFile())
 
-	st := &state{Phase: phaseStarting, Pid: os.Getpid(), Started: time.Now(), WebhookBinary: cfg.webhookBinary, Logs: map[string]string{}}
+	st := &state{Phase: phaseStarting, Pid: os.Getpid(), Started: time.Now(), WebhookBinary: cfg.webhookBinary, SidecarBinary: cfg.sidecarBinary, Logs: map[string]string{}}
 	if err := cfg.dir.writeState(st); err != nil {
 		logger.Print(err)
 		return 1

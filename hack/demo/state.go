@@ -44,9 +44,10 @@ type state struct {
 	APIServer  string    `json:"apiServer,omitempty"`
 	// WebhookURL is the webhook's TLS base URL (admission and lease API).
 	WebhookURL string `json:"webhookURL,omitempty"`
-	// WebhookBinary runs the webhook, and the sidecar the walkthrough
-	// starts.
+	// WebhookBinary runs the webhook; SidecarBinary the sidecar the
+	// walkthrough starts.
 	WebhookBinary    string   `json:"webhookBinary,omitempty"`
+	SidecarBinary    string   `json:"sidecarBinary,omitempty"`
 	CAFile           string   `json:"caFile,omitempty"`
 	RedisAddrs       []string `json:"redisAddrs,omitempty"`
 	Release          string   `json:"release,omitempty"`

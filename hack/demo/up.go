@@ -101,7 +101,7 @@ func spawnDaemon(ctx context.Context, cfg config, out io.Writer) (int, error) {
 		return 0, fmt.Errorf("cannot create the daemon's log: %w", err)
 	}
 	defer logFile.Close()
-	cmd := exec.Command(self, "serve", "--state-dir", string(cfg.dir), "--root", cfg.root, "--webhook-binary", cfg.webhookBinary)
+	cmd := exec.Command(self, "serve", "--state-dir", string(cfg.dir), "--root", cfg.root, "--webhook-binary", cfg.webhookBinary, "--sidecar-binary", cfg.sidecarBinary)
 	cmd.Dir = cfg.root
 	// The log file, never a pipe: a `make demo | tee` must not wait for the
 	// daemon to close its output.

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -218,8 +219,8 @@ func (w *walker) sidecar(app *metricsApp) error {
 			c = &pod.Spec.Containers[i]
 		}
 	}
-	if c == nil || len(c.Args) == 0 || c.Args[0] != "sidecar" {
-		return errors.New("worker-1 has no injected sidecar with args [sidecar ...]")
+	if c == nil || !slices.Equal(c.Command, []string{admission.SidecarCommand}) {
+		return fmt.Errorf("worker-1 has no injected sidecar with command [%s]", admission.SidecarCommand)
 	}
 	env := withoutPMPH(os.Environ())
 	var shown []string
@@ -235,8 +236,8 @@ func (w *walker) sidecar(app *metricsApp) error {
 		}
 		shown = append(shown, fmt.Sprintf("    %s=%s", v.Name, display))
 	}
-	fmt.Fprintf(w.out, "$ %s %s   # with this environment:\n%s\n", filepath.Base(w.st.WebhookBinary), strings.Join(c.Args, " "), strings.Join(shown, "\n"))
-	sc, err := startChild("sidecar", filepath.Join(w.logs, "worker-1-sidecar.log"), env, w.st.WebhookBinary, c.Args...)
+	fmt.Fprintf(w.out, "$ %s   # with this environment:\n%s\n", strings.Join(append([]string{filepath.Base(w.st.SidecarBinary)}, c.Args...), " "), strings.Join(shown, "\n"))
+	sc, err := startChild("sidecar", filepath.Join(w.logs, "worker-1-sidecar.log"), env, w.st.SidecarBinary, c.Args...)
 	if err != nil {
 		return err
 	}

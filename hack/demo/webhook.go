@@ -36,7 +36,7 @@ type webhook struct {
 
 // startWebhook writes a CA and serving certificate into dir/certs (the
 // layout the chart's cert-manager Secret has: tls.crt, tls.key, ca.crt) and
-// starts `prometheus-metrics-proxy-hook webhook` on free loopback ports.
+// starts `prometheus-metrics-proxy-hook-webhook` on free loopback ports.
 func startWebhook(ctx context.Context, bin, dir string, redisAddrs []string, redisPassword string) (*webhook, error) {
 	certs, err := kubetest.NewServingCert("127.0.0.1", "localhost")
 	if err != nil {
@@ -63,7 +63,7 @@ func startWebhook(ctx context.Context, bin, dir string, redisAddrs []string, red
 			return nil, err
 		}
 		base := "https://127.0.0.1:" + strconv.Itoa(ports[0])
-		c, err := startChild("webhook", filepath.Join(dir, "webhook.log"), os.Environ(), bin, "webhook",
+		c, err := startChild("webhook", filepath.Join(dir, "webhook.log"), os.Environ(), bin,
 			"--listen-address=127.0.0.1:"+strconv.Itoa(ports[0]),
 			"--metrics-address=127.0.0.1:"+strconv.Itoa(ports[1]),
 			"--probe-address=127.0.0.1:"+strconv.Itoa(ports[2]),

@@ -1,4 +1,4 @@
-# Performance (issue 7): the admission load tool, the no-op floor webhook and
+# Performance: the admission load tool, the no-op floor webhook and
 # the benchmark run that writes docs/performance.md.
 #
 #   make bench-report   micro-benchmarks + load scenarios against the webhook
@@ -13,7 +13,7 @@
 
 LOADTEST_BIN := $(BIN_DIR)/pmph-loadtest
 BENCH_BIN    := $(BIN_DIR)/pmph-bench
-PPROF_BIN    := $(BIN_DIR)/prometheus-metrics-proxy-hook-pprof
+PPROF_BIN    := $(BIN_DIR)/prometheus-metrics-proxy-hook-webhook-pprof
 BENCH_ARGS   ?=
 
 .PHONY: loadtest
@@ -26,13 +26,13 @@ bench-tools: build loadtest
 
 .PHONY: bench-report
 bench-report: apt-deps bench-tools
-	$(BENCH_BIN) run --root $(ROOT) --webhook-binary $(BINARY) --loadtest-binary $(LOADTEST_BIN) $(BENCH_ARGS)
+	$(BENCH_BIN) run --root $(ROOT) --webhook-binary $(WEBHOOK_BINARY) --sidecar-binary $(SIDECAR_BINARY) --loadtest-binary $(LOADTEST_BIN) $(BENCH_ARGS)
 
 # The profiling build serves net/http/pprof on PMPH_PPROF_ADDRESS; it is
 # never the release build. bench-env runs it instead of the release build
 # when PPROF=1.
 .PHONY: bench-env
 bench-env: apt-deps bench-tools
-	CGO_ENABLED=0 $(GO) build -tags pprof -trimpath -ldflags '$(LDFLAGS)' -o $(PPROF_BIN) ./src/cmd/prometheus-metrics-proxy-hook
+	CGO_ENABLED=0 $(GO) build -tags pprof -trimpath -ldflags '$(LDFLAGS)' -o $(PPROF_BIN) ./src/cmd/prometheus-metrics-proxy-hook-webhook
 	$(BENCH_BIN) env --root $(ROOT) --loadtest-binary $(LOADTEST_BIN) \
-		--webhook-binary $(if $(PPROF),$(PPROF_BIN),$(BINARY)) $(BENCH_ARGS)
+		--webhook-binary $(if $(PPROF),$(PPROF_BIN),$(WEBHOOK_BINARY)) $(BENCH_ARGS)

@@ -17,7 +17,7 @@ demo: build
 	@hack/install-tools.sh $(DEMO_TOOLS)
 	@echo ">> building the demo (hack/demo; it links the Helm SDK and client-go: a few minutes with a cold Go build cache, seconds afterwards)"
 	@$(GO) build -o $(DEMO_BIN) ./hack/demo
-	@$(DEMO_BIN) up --state-dir $(DEMO_STATE) --root $(ROOT) --webhook-binary $(BINARY)
+	@$(DEMO_BIN) up --state-dir $(DEMO_STATE) --root $(ROOT) --webhook-binary $(WEBHOOK_BINARY) --sidecar-binary $(SIDECAR_BINARY)
 
 .PHONY: demo-down
 demo-down:

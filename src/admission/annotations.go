@@ -29,6 +29,9 @@ const (
 const (
 	ContainerName   = "prometheus-metrics-proxy"
 	SidecarPortName = "metrics-proxy"
+	// SidecarCommand is the injected container's command: the sidecar
+	// binary, installed there by the Dockerfile next to the webhook's.
+	SidecarCommand = "/usr/local/bin/prometheus-metrics-proxy-hook-sidecar"
 	// MetricsPortName is the container port name used when prometheus.io/port
 	// is absent.
 	MetricsPortName = "metrics"

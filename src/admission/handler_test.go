@@ -206,8 +206,8 @@ func TestInjection(t *testing.T) {
 	}
 	want := corev1.Container{
 		Name: ContainerName, Image: "example.org/pmph:test", ImagePullPolicy: corev1.PullIfNotPresent,
-		Args:  []string{"sidecar"},
-		Ports: []corev1.ContainerPort{{Name: SidecarPortName, ContainerPort: 65532, Protocol: corev1.ProtocolTCP}},
+		Command: []string{SidecarCommand},
+		Ports:   []corev1.ContainerPort{{Name: SidecarPortName, ContainerPort: 65532, Protocol: corev1.ProtocolTCP}},
 		Env: []corev1.EnvVar{
 			{Name: "PMPH_LISTEN_ADDRESS", Value: ":65532"},
 			{Name: "PMPH_UPSTREAM", Value: "http://127.0.0.1:8080/metrics"},
@@ -217,7 +217,7 @@ func TestInjection(t *testing.T) {
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 	}
 	if c.Name != want.Name || c.Image != want.Image || c.ImagePullPolicy != want.ImagePullPolicy ||
-		!reflect.DeepEqual(c.Args, want.Args) || !reflect.DeepEqual(c.Ports, want.Ports) || !reflect.DeepEqual(c.Env, want.Env) ||
+		!reflect.DeepEqual(c.Command, want.Command) || len(c.Args) != 0 || !reflect.DeepEqual(c.Ports, want.Ports) || !reflect.DeepEqual(c.Env, want.Env) ||
 		c.TerminationMessagePolicy != want.TerminationMessagePolicy || c.RestartPolicy != nil {
 		t.Fatalf("sidecar:\n got %+v\nwant %+v", c, want)
 	}

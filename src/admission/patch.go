@@ -55,7 +55,7 @@ func (s *Sidecar) validate() error {
 // template holds the parts of the sidecar container that never change,
 // encoded once: the patch for one pod appends them around its env.
 type template struct {
-	head []byte // {"name":...,"image":...,"imagePullPolicy":...,"args":["sidecar"],"ports":[...],
+	head []byte // {"name":...,"image":...,"imagePullPolicy":...,"command":[...],"ports":[...],
 	tail []byte // ,"resources":...,"securityContext":...}
 	port int32
 	// gracePeriod is the lowest terminationGracePeriodSeconds a pod keeps.
@@ -80,7 +80,7 @@ func newTemplate(s Sidecar) (*template, error) {
 	h = appendString(h, s.Image)
 	h = append(h, `,"imagePullPolicy":`...)
 	h = appendString(h, s.PullPolicy)
-	h = append(h, `,"args":["sidecar"],"ports":[{"name":"`+SidecarPortName+`","containerPort":`...)
+	h = append(h, `,"command":["`+SidecarCommand+`"],"ports":[{"name":"`+SidecarPortName+`","containerPort":`...)
 	h = appendInt(h, int64(s.Port))
 	h = append(h, `,"protocol":"TCP"}],`...)
 	t.head = h

@@ -13,7 +13,11 @@ var (
 // GoVersion is the Go release the binary was built with.
 func GoVersion() string { return runtime.Version() }
 
-// String is the one-line form printed by the version subcommand.
+// VersionRequested reports whether a command's arguments ask for its
+// version: `version` and nothing else.
+func VersionRequested(args []string) bool { return len(args) == 1 && args[0] == "version" }
+
+// String is the one-line form that `version` prints.
 func String() string {
 	return "prometheus-metrics-proxy-hook " + Version + " (revision " + Revision + ", " + GoVersion() + ")"
 }

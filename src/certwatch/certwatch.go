@@ -144,7 +144,7 @@ func (w *Watcher) poll() {
 			w.lastCA, w.lastBadCA = caPEM, ""
 			w.ca.Store(&caPEM)
 			w.reloads.WithLabelValues("ok").Inc()
-			w.opts.Logger.Info().Str("file", filepath.Join(w.opts.Dir, CAFile)).Msg("CA bundle loaded")
+			w.opts.Logger.Info().Str("file", filepath.Join(w.opts.Dir, CAFile)).Msg("Loaded the CA bundle.")
 		}
 	}
 
@@ -176,7 +176,7 @@ func (w *Watcher) poll() {
 	w.cert.Store(&loaded{cert: &pair, notAfter: leaf.NotAfter})
 	w.reloads.WithLabelValues("ok").Inc()
 	w.opts.Logger.Info().Str("dir", w.opts.Dir).Str("subject", leaf.Subject.String()).
-		Time("not_after", leaf.NotAfter).Msg("serving certificate loaded")
+		Time("not_after", leaf.NotAfter).Msg("Loaded the serving certificate.")
 }
 
 // bad logs a problem once per distinct content, not once per poll.
@@ -186,7 +186,7 @@ func (w *Watcher) bad(last *string, key string, err error) {
 	}
 	*last = key
 	w.reloads.WithLabelValues("error").Inc()
-	w.opts.Logger.Error().Err(err).Msg("certificate files could not be used")
+	w.opts.Logger.Error().Err(err).Msg("The certificate files could not be used; the last good certificate, if any, stays in use.")
 }
 
 func firstCertificate(pemBytes []byte) (*x509.Certificate, error) {

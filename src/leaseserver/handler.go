@@ -89,7 +89,7 @@ func (h *handler) serve(op string, do func(context.Context, []byte) (answer, lea
 			Str("key", lease.Key).Int("slot", lease.Slot).
 			// The holder id is a capability: a prefix is enough to correlate.
 			Str("holder_prefix", prefix(lease.Holder, 8)).
-			Str("reason", a.reason).Dur("duration", time.Since(began)).Msg("lease request")
+			Str("reason", a.reason).Dur("duration", time.Since(began)).Msg("Answered a lease request.")
 	}
 }
 

@@ -29,7 +29,7 @@ func (c *Client) renew(ctx context.Context, lease Lease, ttl time.Duration, bega
 	base := c.base(lease.Name)
 	// A claim of the acquisition still on its way to a slow node would
 	// land after the renewal and set the old TTL there again.
-	if err := c.late.wait(ctx, base, lease.Holder); err != nil {
+	if err := c.claimsInFlight.wait(ctx, base, lease.Holder); err != nil {
 		return Lease{}, fmt.Errorf("renewing slot %d of semaphore %q: %w", lease.Slot, lease.Name, err)
 	}
 	if !lease.Deadline.IsZero() && !began.Before(lease.Deadline) {
@@ -156,7 +156,7 @@ func (c *Client) release(ctx context.Context, lease Lease) (bool, error) {
 		return false, fmt.Errorf("semaphore: holder id %q must be 32 lowercase hex digits", lease.Holder)
 	}
 	base := c.base(lease.Name)
-	if err := c.late.wait(ctx, base, lease.Holder); err != nil {
+	if err := c.claimsInFlight.wait(ctx, base, lease.Holder); err != nil {
 		return false, fmt.Errorf("releasing slot %d of semaphore %q: %w", lease.Slot, lease.Name, err)
 	}
 	replies := c.fanout(func(n *node) (any, error) {

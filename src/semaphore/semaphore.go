@@ -10,8 +10,9 @@ import (
 	"time"
 )
 
-// MaxSize is the largest semaphore size; the scripts scan up to this many
-// slots on a node, which stays well under a millisecond.
+// MaxSize is the largest semaphore size: the scripts scan up to this many
+// slots on a node while it serves nothing else (docs/performance.md has the
+// cost).
 const MaxSize = 1024
 
 // MinTTL is the shortest lease TTL: below it the drift allowance and a few
@@ -23,10 +24,10 @@ const MinTTL = 100 * time.Millisecond
 const DefaultNodeTimeout = 50 * time.Millisecond
 
 // maxAttempts bounds the attempts of an Acquire whose nodes disagreed on
-// the slot (racing acquirers). Near capacity, with as many acquisitions in
-// flight as free slots, 5 attempts left about 1% of them refused while slots
-// were free, 10 left 0.04%, 20 none (TestContendedNearCapacity). Each retry
-// costs two round trips and a pause of at most maxPause.
+// the slot (racing acquirers): enough that TestContendedNearCapacity sees no
+// acquisition refused while slots were free (docs/performance.md has the
+// figures for fewer). Each retry costs two round trips and a pause of at
+// most maxPause.
 const maxAttempts = 20
 
 // maxPause caps the random pause before a retry.
@@ -62,9 +63,9 @@ type Client struct {
 	// background tracks the work that outlives a call: undoing claims that
 	// arrive after the outcome was decided, repairing nodes after a renewal.
 	background sync.WaitGroup
-	// late tracks the acquisitions won before every node answered, for
-	// Renew and Release to wait on.
-	late lateClaims
+	// claimsInFlight tracks the acquisitions won before every node
+	// answered, for Renew and Release to wait on.
+	claimsInFlight *claimsInFlight
 }
 
 // New builds a client over one connection pool per node. It does not
@@ -99,11 +100,11 @@ func New(cfg Config) (*Client, error) {
 		cfg.KeyPrefix = "pmph"
 	}
 	c := &Client{
-		quorum:  len(cfg.Addrs)/2 + 1,
-		prefix:  cfg.KeyPrefix,
-		scripts: newScripts(),
-		metrics: cfg.Metrics,
-		late:    lateClaims{pending: map[string][]chan struct{}{}},
+		quorum:         len(cfg.Addrs)/2 + 1,
+		prefix:         cfg.KeyPrefix,
+		scripts:        newScripts(),
+		metrics:        cfg.Metrics,
+		claimsInFlight: newClaimsInFlight(),
 	}
 	for _, a := range cfg.Addrs {
 		c.nodes = append(c.nodes, newNode(a, cfg.Username, cfg.Password, cfg.NodeTimeout, cfg.MaxIdle))
@@ -217,108 +218,6 @@ func validate(name string, size int, ttl time.Duration) error {
 	}
 	if ttl < MinTTL {
 		return fmt.Errorf("semaphore: TTL %s must be at least %s", ttl, MinTTL)
-	}
-	return nil
-}
-
-// reply is one node's answer to one operation.
-type reply struct {
-	node int
-	val  any
-	err  error
-}
-
-// fanout runs op on every node in parallel. The channel is buffered so that
-// no goroutine blocks once the caller stops reading.
-func (c *Client) fanout(op func(*node) (any, error)) chan reply { return c.fanoutExcept(-1, op) }
-
-// fanoutExcept is fanout to every node but the one at index skip.
-func (c *Client) fanoutExcept(skip int, op func(*node) (any, error)) chan reply {
-	ch := make(chan reply, len(c.nodes))
-	for i, n := range c.nodes {
-		if i == skip {
-			continue
-		}
-		go func() {
-			v, err := op(n)
-			c.metrics.observeNode(n.addr, err)
-			ch <- reply{node: i, val: v, err: err}
-		}()
-	}
-	return ch
-}
-
-// drain hands the replies that arrive after the caller decided to then, in
-// the background, so that a late claim is undone.
-func (c *Client) drain(ch chan reply, remaining int, then func(reply)) {
-	if remaining <= 0 {
-		return
-	}
-	c.background.Add(1)
-	go func() {
-		defer c.background.Done()
-		c.collect(ch, remaining, then)
-	}()
-}
-
-// collect is drain in the calling goroutine.
-func (c *Client) collect(ch chan reply, remaining int, then func(reply)) {
-	for range remaining {
-		r := <-ch
-		if then != nil {
-			then(r)
-		}
-	}
-}
-
-// lateClaims holds, per semaphore and holder, the acquisitions whose
-// slowest nodes were still answering when they won. A lease released within
-// that moment (a pod rejected right after its admission, a load test) would
-// otherwise race the late claim: the release finds nothing on the slow
-// node, then the claim lands there and holds the slot for the whole TTL.
-type lateClaims struct {
-	mu      sync.Mutex
-	pending map[string][]chan struct{}
-}
-
-// add records one acquisition; done ends it.
-func (l *lateClaims) add(base, holder string) (done func()) {
-	key := base + "\x00" + holder
-	ch := make(chan struct{})
-	l.mu.Lock()
-	l.pending[key] = append(l.pending[key], ch)
-	l.mu.Unlock()
-	return func() {
-		l.mu.Lock()
-		rest := l.pending[key][:0]
-		for _, other := range l.pending[key] {
-			if other != ch {
-				rest = append(rest, other)
-			}
-		}
-		if len(rest) == 0 {
-			delete(l.pending, key)
-		} else {
-			l.pending[key] = rest
-		}
-		l.mu.Unlock()
-		close(ch)
-	}
-}
-
-// wait returns once the holder's late claims were handled (each within the
-// node timeout), or with the context's error.
-func (l *lateClaims) wait(ctx context.Context, base, holder string) error {
-	key := base + "\x00" + holder
-	l.mu.Lock()
-	chans := append([]chan struct{}(nil), l.pending[key]...)
-	l.mu.Unlock()
-	for _, ch := range chans {
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
 	}
 	return nil
 }

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log"
 	"net"
 	"net/http"
 	"sync"
@@ -17,6 +16,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/logging"
 )
 
 // Timeouts bound how long one client may hold a connection.
@@ -81,7 +82,7 @@ func Listen(name, addr string, h http.Handler, tlsConfig *tls.Config, t Timeouts
 		// Handshake failures and the like are the clients' problems;
 		// they are logged at debug level so that a scanner cannot flood
 		// the log.
-		ErrorLog: log.New(debugWriter{logger.With().Str("server", name).Logger()}, "", 0),
+		ErrorLog: logging.StdLogger(logger.With().Str("server", name).Logger(), zerolog.DebugLevel),
 	}
 	if tlsConfig != nil {
 		srv.TLSConfig = tlsConfig
@@ -136,21 +137,25 @@ type Shutdown struct {
 	Before func()
 }
 
+// ListeningMessage is the event Run writes for each server once it listens;
+// its server and address fields name the server and the bound address.
+const ListeningMessage = "Listening for connections."
+
 // Run serves on every server until ctx ends or one of them fails, then
 // shuts all of them down as sd says.
 func Run(ctx context.Context, logger zerolog.Logger, sd Shutdown, servers ...*Server) error {
 	errs := make(chan error, len(servers))
 	for _, s := range servers {
-		logger.Info().Str("server", s.name).Str("address", s.Addr().String()).Bool("tls", s.tls).Msg("listening")
+		logger.Info().Str("server", s.name).Str("address", s.Addr().String()).Bool("tls", s.tls).Msg(ListeningMessage)
 		go func() { errs <- s.serve() }()
 	}
 	var failed error
 	select {
 	case <-ctx.Done():
 		logger.Info().Dur("delay", sd.Delay).Dur("timeout", sd.Timeout).
-			Msg("shutting down: readiness fails now, listeners close after the delay, in-flight requests finish")
+			Msg("Shutting down: readiness fails now, the listeners close after the delay, and in-flight requests finish.")
 	case failed = <-errs:
-		logger.Error().Err(failed).Msg("a server failed; shutting down the others")
+		logger.Error().Err(failed).Msg("A server failed; shutting down the others.")
 	}
 	if sd.Before != nil {
 		sd.Before()
@@ -175,7 +180,7 @@ func Run(ctx context.Context, logger zerolog.Logger, sd Shutdown, servers ...*Se
 		go func() {
 			defer wg.Done()
 			if err := s.srv.Shutdown(sctx); err != nil {
-				logger.Warn().Str("server", s.name).Err(err).Msg("in-flight requests did not finish in time; closing their connections")
+				logger.Warn().Str("server", s.name).Err(err).Msg("In-flight requests did not finish in time; closing their connections.")
 				_ = s.srv.Close()
 			}
 		}()
@@ -220,15 +225,4 @@ func (p *Probes) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		http.NotFound(w, r)
 	}
-}
-
-type debugWriter struct{ logger zerolog.Logger }
-
-func (d debugWriter) Write(p []byte) (int, error) {
-	msg := string(p)
-	if n := len(msg); n > 0 && msg[n-1] == '\n' {
-		msg = msg[:n-1]
-	}
-	d.logger.Debug().Msg(msg)
-	return len(p), nil
 }

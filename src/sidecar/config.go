@@ -158,7 +158,8 @@ func ParseConfig(args []string, lookupEnv func(string) (string, bool), readFile 
 }
 
 func writeUsage(w io.Writer) {
-	fmt.Fprintln(w, "Usage: prometheus-metrics-proxy-hook sidecar [flags]")
+	fmt.Fprintln(w, "Usage: prometheus-metrics-proxy-hook-sidecar [flags]")
+	fmt.Fprintln(w, "       prometheus-metrics-proxy-hook-sidecar version")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Every flag has an environment variable; the flag wins when both are set.")
 	fmt.Fprintln(w)

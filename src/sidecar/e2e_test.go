@@ -675,7 +675,7 @@ func TestProxyPassesFormatsThroughUnchanged(t *testing.T) {
 }
 
 func TestInvalidConfigurationStopsStartUp(t *testing.T) {
-	cmd := exec.Command(webhooktest.Binary(t), "sidecar")
+	cmd := exec.Command(sidecartest.Binary(t))
 	cmd.Env = append(os.Environ(), "PMPH_UPSTREAM_TIMEOUT=8")
 	out, err := cmd.CombinedOutput()
 	ee, ok := err.(*exec.ExitError)

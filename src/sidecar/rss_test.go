@@ -10,8 +10,7 @@ import (
 )
 
 // BenchmarkSidecarRSS measures the memory of the release build of the
-// sidecar (the binary shared with the webhook, so every package it links
-// initialises at start-up) as it runs in a pod: keeping a lease through the
+// sidecar binary as it runs in a pod: keeping a lease through the
 // webhook, idle, and under 10 scrapes/s for 10 s with Prometheus' headers.
 // The figures are KiB from /proc/<pid>/status: VmRSS at the end, VmHWM
 // (peak), and RSS split into anonymous memory (heap, stacks) and file pages

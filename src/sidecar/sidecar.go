@@ -8,10 +8,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log"
 	"net"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/logging"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/sidecar/leasekeeper"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/sidecar/metricsproxy"
 )
@@ -121,7 +120,7 @@ func (s *Sidecar) Run(ctx context.Context, ln net.Listener) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          log.New(logWriter{s.log}, "", 0),
+		ErrorLog:          logging.StdLogger(s.log, zerolog.WarnLevel),
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
@@ -236,12 +235,4 @@ func causeText(err error) string {
 		return "unknown"
 	}
 	return err.Error()
-}
-
-// logWriter turns the http.Server's error log lines into log events.
-type logWriter struct{ log zerolog.Logger }
-
-func (w logWriter) Write(p []byte) (int, error) {
-	w.log.Warn().Msg(strings.TrimSpace(string(p)))
-	return len(p), nil
 }

@@ -2,17 +2,16 @@
 // touched while it started, so that its resident set shows what it uses
 // while it runs.
 //
-// The webhook and the sidecar are one binary. At start-up the Go runtime
-// and every linked package's init touch code and read-only data all over
-// it, and the kernel maps each touched page with its neighbours (fault-
-// around, 64 KiB): an idle sidecar kept about 9 MiB of the 10 MiB file
-// resident although it runs a small part of it, and a webhook under load
-// 2 MiB more than it uses. Those pages are clean and
-// backed by the file (RssFile): MADV_DONTNEED only removes them from this
-// process' page tables; the page cache keeps them for every other process
-// of the same image, and a page the sidecar needs again is mapped back on
-// its next access. Writable mappings (data, heap, stacks) are never
-// touched: MADV_DONTNEED would discard their contents.
+// At start-up the Go runtime and every linked package's init touch code and
+// read-only data all over the binary, and the kernel maps each touched page
+// with its neighbours (fault-around): an idle process keeps most of the file
+// resident although it runs a small part of it (docs/performance.md,
+// "Sidecar RSS", has the figures). Those pages are clean and backed by the
+// file (RssFile): MADV_DONTNEED only removes them from this process' page
+// tables; the page cache keeps them for every other process of the same
+// image, and a page the process needs again is mapped back on its next
+// access. Writable mappings (data, heap, stacks) are never touched:
+// MADV_DONTNEED would discard their contents.
 package startuppages
 
 import (
@@ -22,6 +21,9 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
 )
 
 // Mapping is one read-only mapping of the executable.
@@ -81,4 +83,32 @@ func ReadOnlyMappings(r io.Reader, path string) ([]Mapping, error) {
 		out = append(out, Mapping{Start: uintptr(start), End: uintptr(end), Perms: perms})
 	}
 	return out, s.Err()
+}
+
+// StartUpTime is how long after the process starts its start-up is over:
+// flags read, listeners open, the webhook's certificates and Redis checked,
+// the sidecar's lease renewed once.
+const StartUpTime = 2 * time.Second
+
+// DropAfterStartUp drops the pages, and logs what it dropped, once
+// StartUpTime has passed; stop cancels that if it has not happened yet.
+func DropAfterStartUp(logger zerolog.Logger) (stop func() bool) {
+	t := time.AfterFunc(StartUpTime, func() {
+		maps, err := Drop()
+		Log(logger, "start-up", maps, err)
+	})
+	return t.Stop
+}
+
+// Log writes what Drop did at stage as one debug event.
+func Log(logger zerolog.Logger, stage string, maps []Mapping, err error) {
+	if err != nil {
+		logger.Debug().Err(err).Str("stage", stage).Msg("The binary's pages could not be dropped from the resident set.")
+		return
+	}
+	var size uintptr
+	for _, m := range maps {
+		size += m.End - m.Start
+	}
+	logger.Debug().Str("stage", stage).Uint64("mapped_kib", uint64(size>>10)).Msg("Dropped the binary's pages from the resident set.")
 }

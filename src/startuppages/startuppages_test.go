@@ -9,7 +9,7 @@ import (
 )
 
 func TestReadOnlyMappings(t *testing.T) {
-	const exe = "/usr/local/bin/prometheus-metrics-proxy-hook"
+	const exe = "/usr/local/bin/prometheus-metrics-proxy-hook-sidecar"
 	maps := strings.Join([]string{
 		"00400000-008e6000 r-xp 00000000 fd:00 1234 " + exe,
 		"008e6000-00e17000 r--p 004e6000 fd:00 1234 " + exe,

@@ -1,5 +1,5 @@
-// Package sidecartest runs the real sidecar (`prometheus-metrics-proxy-hook
-// sidecar`) as a process for tests: it starts it with the environment the
+// Package sidecartest runs the real sidecar
+// (`prometheus-metrics-proxy-hook-sidecar`) as a process for tests: it starts it with the environment the
 // webhook writes, learns the address it listens on from its log, and offers
 // what tests assert on: its log events, its exit code and time, its memory.
 //
@@ -12,16 +12,12 @@ package sidecartest
 import (
 	"bufio"
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,7 +25,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/webhooktest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/gobuild"
 )
 
 // ServingMessage is the log event the sidecar writes once it listens; its
@@ -42,10 +38,10 @@ type Options struct {
 	// writes them. PMPH_* variables of the test's own environment are not
 	// passed on. PMPH_LISTEN_ADDRESS defaults to 127.0.0.1:0.
 	Env []string
-	// Args are flags after "sidecar".
+	// Args are the command's flags.
 	Args []string
-	// Binary is the command to run; empty means webhooktest.Binary, the
-	// command built once per test binary (with -race under -race).
+	// Binary is the command to run; empty means Binary, the sidecar built
+	// once per test binary (with -race under -race).
 	Binary string
 	// StartTimeout bounds the wait for ServingMessage; zero means 30 s.
 	StartTimeout time.Duration
@@ -77,7 +73,7 @@ func Start(t testing.TB, opts Options) *Sidecar {
 
 func start(t testing.TB, opts Options) (*Sidecar, error) {
 	if opts.Binary == "" {
-		opts.Binary = webhooktest.Binary(t)
+		opts.Binary = Binary(t)
 	}
 	if opts.StartTimeout == 0 {
 		opts.StartTimeout = 30 * time.Second
@@ -96,7 +92,7 @@ func start(t testing.TB, opts Options) (*Sidecar, error) {
 	// A binary built with -race sleeps a second before it exits unless
 	// told not to; exit times are what the tests measure.
 	env = append(env, "GORACE="+gorace)
-	cmd := exec.Command(opts.Binary, append([]string{"sidecar"}, opts.Args...)...)
+	cmd := exec.Command(opts.Binary, opts.Args...)
 	cmd.Env = append(env, opts.Env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	stderr, err := cmd.StderrPipe()
@@ -329,49 +325,17 @@ func ReadMemory(pid int) (Memory, error) {
 	return m, nil
 }
 
-// ReleaseBinary builds the command the way `make build` does (no race
-// detector, no cgo, stripped), once per test binary, for measurements of
-// what runs in a pod.
-func ReleaseBinary(t testing.TB) string {
+// Binary builds (once per test binary) and returns the path of the
+// sidecar command, with -race under -race.
+func Binary(t testing.TB) string {
 	t.Helper()
-	bin, err := buildRelease()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return bin
+	return gobuild.Test(t, gobuild.Sidecar)
 }
 
-// buildRelease builds into one directory per checkout that later runs
-// reuse, so that repeated test runs leave no binaries behind; the rename
-// makes the replacement atomic for a concurrent run that still executes the
-// previous build.
-var buildRelease = sync.OnceValues(func() (string, error) {
-	root := moduleRoot()
-	sum := sha256.Sum256([]byte(root))
-	dir := filepath.Join(os.TempDir(), "sidecartest-"+hex.EncodeToString(sum[:6]))
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "prometheus-metrics-proxy-hook")
-	tmp := bin + ".tmp" + strconv.Itoa(os.Getpid())
-	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-trimpath", "-ldflags", "-s -w", "-o", tmp, webhooktest.Package)
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build %s: %w\n%s", webhooktest.Package, err, out)
-	}
-	if err := os.Rename(tmp, bin); err != nil {
-		return "", err
-	}
-	return bin, nil
-})
-
-func moduleRoot() string {
-	_, file, _, _ := runtime.Caller(0)
-	for d := filepath.Dir(file); d != filepath.Dir(d); d = filepath.Dir(d) {
-		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
-			return d
-		}
-	}
-	return "."
+// ReleaseBinary builds the sidecar command the way `make build` does (no
+// race detector, no cgo, stripped), once per test binary, for measurements
+// of what runs in a pod.
+func ReleaseBinary(t testing.TB) string {
+	t.Helper()
+	return gobuild.Release(t, gobuild.Sidecar)
 }

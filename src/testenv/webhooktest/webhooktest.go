@@ -1,7 +1,7 @@
 // Package webhooktest runs the real webhook binary as a process for tests:
 // it builds the command once per test binary, writes a CA and a serving
 // certificate into a directory laid out like a Kubernetes secret volume,
-// starts `prometheus-metrics-proxy-hook webhook` on loopback ports and
+// starts `prometheus-metrics-proxy-hook-webhook` on loopback ports and
 // waits until it is ready. Sidecar, end-to-end, benchmark and
 // fault-injection tests use it; nothing in it is specific to one of them.
 //
@@ -23,7 +23,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,11 +30,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/server"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/gobuild"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/localproc"
 )
-
-// Package is the import path of the command the package builds.
-const Package = "github.com/kaidotio/prometheus-metrics-proxy-hook/src/cmd/prometheus-metrics-proxy-hook"
 
 // Bounds of the process' life cycle.
 const (
@@ -45,61 +43,11 @@ const (
 	StopGrace = 30 * time.Second
 )
 
-// The binary is built once per test binary and shared by every test in it:
-// building is the slow part (seconds), and the result never changes while
-// the tests run.
-var build = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "webhooktest-bin-")
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "prometheus-metrics-proxy-hook")
-	args := []string{"build", "-o", bin}
-	if raceEnabled {
-		args = append(args, "-race")
-	}
-	cmd := exec.Command(goTool(), append(args, Package)...)
-	cmd.Dir = moduleRoot()
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("go build %s: %w\n%s", Package, err, out)
-	}
-	return bin, nil
-})
-
-// Binary builds (once) and returns the path of the webhook command.
+// Binary builds (once per test binary) and returns the path of the webhook
+// command, with -race under -race.
 func Binary(t testing.TB) string {
 	t.Helper()
-	bin, err := build()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return bin
-}
-
-func goTool() string {
-	if p := filepath.Join(runtime.GOROOT(), "bin", "go"); fileExists(p) {
-		return p
-	}
-	return "go"
-}
-
-func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
-
-// moduleRoot is the directory of go.mod above this source file, so that
-// the build works from any test's working directory.
-func moduleRoot() string {
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		return "."
-	}
-	dir := filepath.Dir(file)
-	for d := dir; d != filepath.Dir(d); d = filepath.Dir(d) {
-		if fileExists(filepath.Join(d, "go.mod")) {
-			return d
-		}
-	}
-	return dir
+	return gobuild.Test(t, gobuild.Webhook)
 }
 
 // Options configures a webhook process.
@@ -219,7 +167,7 @@ func (w *Webhook) start() error {
 		w.mu.Unlock()
 		return err
 	}
-	cmd := exec.Command(w.bin, append([]string{"webhook"}, args...)...)
+	cmd := exec.Command(w.bin, args...)
 	cmd.Env = append(os.Environ(), w.opts.Env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	stderr, err := cmd.StderrPipe()
@@ -327,7 +275,7 @@ func (w *Webhook) args() ([]string, error) {
 }
 
 // readLog copies the process' output into the log buffer and learns the
-// bound addresses from the "listening" events.
+// bound addresses from the server.ListeningMessage events.
 func (w *Webhook) readLog(r io.Reader, listening chan struct{}, done chan struct{}) {
 	defer close(done)
 	sc := bufio.NewScanner(r)
@@ -342,7 +290,7 @@ func (w *Webhook) readLog(r io.Reader, listening chan struct{}, done chan struct
 		var ev struct {
 			Message, Server, Address string
 		}
-		if json.Unmarshal(line, &ev) != nil || ev.Message != "listening" {
+		if json.Unmarshal(line, &ev) != nil || ev.Message != server.ListeningMessage {
 			continue
 		}
 		w.mu.Lock()
@@ -529,7 +477,7 @@ func Run(t testing.TB, timeout time.Duration, env []string, args ...string) (int
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, Binary(t), append([]string{"webhook"}, args...)...)
+	cmd := exec.CommandContext(ctx, Binary(t), args...)
 	cmd.Env = append(os.Environ(), env...)
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError

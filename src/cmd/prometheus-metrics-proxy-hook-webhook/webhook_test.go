@@ -369,7 +369,7 @@ func TestUnreachableRedisDoesNotStopStartUp(t *testing.T) {
 		n.Kill()
 	}
 	wh := webhooktest.Start(t, webhooktest.Options{Redis: redis.Addrs(), RedisPassword: redis.Password})
-	if !strings.Contains(wh.Logs(), "Redis node unreachable at start-up") {
+	if !strings.Contains(wh.Logs(), "A Redis node is unreachable at start-up") {
 		t.Fatalf("log:\n%s", wh.Logs())
 	}
 	a, err := mutate(t, wh.Client(), wh.MutateURL(), review("u", annotated))

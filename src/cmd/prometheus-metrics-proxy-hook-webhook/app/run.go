@@ -1,14 +1,13 @@
-// Package webhook wires the webhook process together: the admission handler
-// and the lease API on the TLS listener, metrics and probes on their own
-// listeners, the certificate watcher, the Redis semaphore and the logger,
-// from a Config.
-package webhook
+// Package app is the webhook process: its flags (Config) and the wiring
+// that Run serves from them: the admission handler and the lease API on the
+// TLS listener, metrics and probes on their own listeners, the certificate
+// watcher and the Redis semaphore.
+package app
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -22,6 +21,7 @@ import (
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/buildinfo"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/certwatch"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseserver"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/logging"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/semaphore"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/server"
 )
@@ -34,19 +34,6 @@ const (
 
 // pingTimeout bounds the start-up check of the Redis nodes.
 const pingTimeout = 3 * time.Second
-
-// NewLogger builds the process logger: JSON lines, or a human console
-// format, at the configured level.
-func NewLogger(out io.Writer, format, level string) zerolog.Logger {
-	if format == "console" {
-		out = zerolog.ConsoleWriter{Out: out, TimeFormat: time.RFC3339}
-	}
-	lvl, err := zerolog.ParseLevel(level)
-	if err != nil {
-		lvl = zerolog.InfoLevel
-	}
-	return zerolog.New(out).Level(lvl).With().Timestamp().Logger()
-}
 
 // StartupError is a failure before serving: a wrong Redis password, a port
 // in use. Run has logged it.
@@ -61,9 +48,9 @@ func Run(ctx context.Context, c *Config, logger zerolog.Logger) error {
 	logger.Info().Str("version", buildinfo.Version).Str("revision", buildinfo.Revision).
 		Strs("redis", c.RedisAddresses).Str("cert_dir", c.CertDir).Bool("http2", c.EnableHTTP2).
 		Bool("native_sidecar", c.Sidecar.Native).Str("no_quorum_policy", string(c.NoQuorumPolicy)).
-		Msg("starting the webhook")
+		Msg("Starting the webhook.")
 	fail := func(err error) error {
-		logger.Error().Err(err).Msg("the webhook cannot start")
+		logger.Error().Err(err).Msg("The webhook cannot start.")
 		return &StartupError{Err: err}
 	}
 
@@ -132,7 +119,7 @@ func Run(ctx context.Context, c *Config, logger zerolog.Logger) error {
 		return fail(err)
 	}
 	metricsSrv, err := server.Listen("metrics", c.MetricsAddress,
-		metricsMux(promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: promLogger{logger}})), nil, timeouts, logger)
+		metricsMux(promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: logging.StdLogger(logger, zerolog.ErrorLevel)})), nil, timeouts, logger)
 	if err != nil {
 		return fail(err)
 	}
@@ -143,10 +130,10 @@ func Run(ctx context.Context, c *Config, logger zerolog.Logger) error {
 	err = server.Run(ctx, logger, server.Shutdown{Delay: c.ShutdownDelay, Timeout: c.ShutdownTimeout, Before: probes.Stopping},
 		tlsSrv, metricsSrv, probeSrv)
 	if err != nil {
-		logger.Error().Err(err).Msg("the webhook stopped after a failure")
+		logger.Error().Err(err).Msg("The webhook stopped after a failure.")
 		return err
 	}
-	logger.Info().Msg("the webhook stopped")
+	logger.Info().Msg("The webhook stopped.")
 	return nil
 }
 
@@ -190,7 +177,7 @@ func checkRedis(ctx context.Context, sem *semaphore.Client, c *Config, logger ze
 			continue
 		}
 		logger.Warn().Str("node", f.Node).Str("reason", f.Reason()).Err(f.Err).
-			Msg("Redis node unreachable at start-up; serving anyway, semaphores work while a quorum answers")
+			Msg("A Redis node is unreachable at start-up; serving anyway, since semaphores work while a quorum answers.")
 	}
 	if len(auth) > 0 {
 		src := "no password (--redis-password-file is not set)"
@@ -200,11 +187,7 @@ func checkRedis(ctx context.Context, sem *semaphore.Client, c *Config, logger ze
 		return fmt.Errorf("Redis node(s) %s rejected %s; fix the password file or the Redis auth secret", strings.Join(auth, ", "), src)
 	}
 	if len(failures) == 0 {
-		logger.Info().Int("nodes", len(c.RedisAddresses)).Int("quorum", sem.Quorum()).Msg("every Redis node answered")
+		logger.Info().Int("nodes", len(c.RedisAddresses)).Int("quorum", sem.Quorum()).Msg("Every Redis node answered.")
 	}
 	return nil
 }
-
-type promLogger struct{ logger zerolog.Logger }
-
-func (p promLogger) Println(v ...any) { p.logger.Error().Msg(fmt.Sprint(v...)) }

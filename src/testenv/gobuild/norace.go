@@ -1,5 +1,5 @@
 //go:build !race
 
-package webhooktest
+package gobuild
 
 const raceEnabled = false
