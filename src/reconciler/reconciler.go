@@ -85,6 +85,16 @@ type Reconciler struct {
 	deleted map[string]*corev1.Pod
 	// terminalSince is when a pod was first seen Succeeded or Failed.
 	terminalSince map[string]time.Time
+	// unconfirmed holds, by holder, the releases that answered an error: a
+	// node that timed out may still have deleted the lease. The next sweep
+	// that no longer finds the lease records the release.
+	unconfirmed map[string]pendingRelease
+}
+
+type pendingRelease struct {
+	lease semaphore.HeldLease
+	why   cause
+	pod   *corev1.Pod
 }
 
 // New checks cfg and builds the informer; Run starts it.
@@ -110,6 +120,7 @@ func New(cfg Config) (*Reconciler, error) {
 	r := &Reconciler{
 		cfg: cfg, kick: make(chan struct{}, 1),
 		deleted: map[string]*corev1.Pod{}, terminalSince: map[string]time.Time{},
+		unconfirmed: map[string]pendingRelease{},
 	}
 	// The label selector keeps the watch to the pods that hold a slot.
 	r.factory = informers.NewSharedInformerFactoryWithOptions(cfg.Client, 0,
@@ -244,11 +255,25 @@ func (r *Reconciler) sweep(ctx context.Context) {
 	seen := make(map[string]bool, len(leases))
 	for _, l := range leases {
 		seen[l.Holder] = true
+	}
+	r.confirm(ctx, seen, now)
+	for _, l := range leases {
 		if why, pod := r.decide(l, now); why != "" {
 			r.release(ctx, l, why, pod, now)
 		}
 	}
 	r.forget(seen)
+}
+
+// confirm records the releases that answered an error and whose lease is
+// gone now; those still listed are decided again.
+func (r *Reconciler) confirm(ctx context.Context, listed map[string]bool, now time.Time) {
+	for holder, p := range r.unconfirmed {
+		delete(r.unconfirmed, holder)
+		if !listed[holder] {
+			r.released(ctx, p.lease, p.why, p.pod, now)
+		}
+	}
 }
 
 // decide answers the cause to release a lease for, and the pod it concerns
@@ -329,7 +354,7 @@ func (r *Reconciler) forget(held map[string]bool) {
 func (r *Reconciler) release(ctx context.Context, l semaphore.HeldLease, why cause, pod *corev1.Pod, now time.Time) {
 	released, err := r.cfg.Leases.Release(ctx, l.Lease())
 	age := now.Sub(l.Record.Granted)
-	log := r.cfg.Logger.Info()
+	log := r.cfg.Logger.Debug()
 	if err != nil {
 		log = r.cfg.Logger.Warn().Err(err)
 	}
@@ -338,16 +363,25 @@ func (r *Reconciler) release(ctx context.Context, l semaphore.HeldLease, why cau
 		Dur("age", age).Bool("released", released)
 	switch {
 	case err != nil:
-		log.Msg("releasing a lease no pod holds failed; the next sweep retries")
+		r.unconfirmed[l.Holder] = pendingRelease{lease: l, why: why, pod: pod}
+		log.Msg("releasing a lease no pod holds failed; the next sweep checks whether it is gone, or retries")
 		return
 	case !released:
 		// Another reconciler or the holder itself was first.
 		log.Msg("the lease was already released")
 		return
 	}
+	r.released(ctx, l, why, pod, now)
+}
+
+// released records one release: metric, log event, Kubernetes Event.
+func (r *Reconciler) released(ctx context.Context, l semaphore.HeldLease, why cause, pod *corev1.Pod, now time.Time) {
+	age := now.Sub(l.Record.Granted)
 	r.cfg.Metrics.released(why, age)
 	msg := message(l, why, age)
-	log.Msg(msg)
+	r.cfg.Logger.Info().Str("semaphore", l.Name).Int("slot", l.Slot).Str("holder_prefix", l.Holder[:8]).
+		Str("cause", string(why)).Str("pod", l.Record.Pod).Str("owner", l.Record.Owner).
+		Dur("age", age).Bool("released", true).Msg(msg)
 	if err := r.event(ctx, l, why, pod, msg); err != nil {
 		r.cfg.Logger.Warn().Err(err).Str("semaphore", l.Name).Int("slot", l.Slot).Msg("recording the release as an Event failed")
 	}
