@@ -255,7 +255,7 @@ func TestWebhookArgs(t *testing.T) {
 			"redis-timeout":        "50ms",
 			"no-quorum-policy":     "deny",
 			"sidecar-port":         "65532",
-			"native-sidecar":       "false",
+			"native-sidecar":       "true",
 			"enable-http2":         "false",
 			"sidecar-memory-limit": "32Mi",
 			"redis-password-file":  "/run/secrets/redis/password",
@@ -268,8 +268,8 @@ func TestWebhookArgs(t *testing.T) {
 			"sidecar-image": "ghcr.io/kaidotio/prometheus-metrics-proxy-hook:v9"}, nil},
 		{"image digest", "image: {digest: sha256:" + strings.Repeat("a", 64) + "}", map[string]string{
 			"sidecar-image": "ghcr.io/kaidotio/prometheus-metrics-proxy-hook@sha256:" + strings.Repeat("a", 64)}, nil},
-		{"own sidecar image", "sidecar: {image: {repository: reg.example/hook, tag: s1}, resources: {limits: {cpu: 100m}}, native: true}", map[string]string{
-			"sidecar-image": "reg.example/hook:s1", "sidecar-cpu-limit": "100m", "native-sidecar": "true"}, nil},
+		{"own sidecar image", "sidecar: {image: {repository: reg.example/hook, tag: s1}, resources: {limits: {cpu: 100m}}, native: false}", map[string]string{
+			"sidecar-image": "reg.example/hook:s1", "sidecar-cpu-limit": "100m", "native-sidecar": "false"}, nil},
 		{"external redis without password", "redis: {enabled: false}\nexternalRedis: {addresses: [a:1]}", nil, []string{"redis-password-file"}},
 	}
 	for _, tc := range tests {
@@ -292,7 +292,7 @@ func TestWebhookArgs(t *testing.T) {
 				t.Errorf("command %q, want [%s]", c.Command, webhookCommand)
 			}
 			// Every flag the chart passes is one the webhook has.
-			known := regexp.MustCompile(`^--(listen-address|metrics-address|probe-address|cert-dir|enable-http2|redis-addresses|redis-password-file|redis-timeout|lease-ttl|lease-url|no-quorum-policy|sidecar-image|sidecar-image-pull-policy|sidecar-port|sidecar-cpu-request|sidecar-memory-request|sidecar-cpu-limit|sidecar-memory-limit|native-sidecar|final-scrape-wait|shutdown-timeout|log-level|log-format|reconcile-window|reconcile-interval|leader-election-namespace|leader-election-lease-name)=`)
+			known := regexp.MustCompile(`^--(listen-address|metrics-address|probe-address|cert-dir|enable-http2|redis-addresses|redis-password-file|redis-timeout|lease-ttl|lease-url|no-quorum-policy|sidecar-image|sidecar-image-pull-policy|sidecar-port|sidecar-cpu-request|sidecar-memory-request|sidecar-cpu-limit|sidecar-memory-limit|native-sidecar|scrape-interval|shutdown-timeout|log-level|log-format|reconcile-window|reconcile-interval|leader-election-namespace|leader-election-lease-name)=`)
 			for _, a := range c.Args {
 				if !known.MatchString(a) {
 					t.Errorf("unknown webhook flag %q", a)

@@ -29,7 +29,7 @@ func TestSchemaRejects(t *testing.T) {
 		{"lease TTL as a number", "webhook: {leaseTTL: 30}", []string{"/webhook/leaseTTL", "want string"}},
 		{"lease TTL in days", "webhook: {leaseTTL: 1d}", []string{"/webhook/leaseTTL"}},
 		{"malformed redis timeout", "webhook: {redisTimeout: 50 ms}", []string{"/webhook/redisTimeout"}},
-		{"malformed final scrape wait", "webhook: {finalScrapeWait: forty}", []string{"/webhook/finalScrapeWait"}},
+		{"malformed scrape interval", "webhook: {scrapeInterval: forty}", []string{"/webhook/scrapeInterval"}},
 		{"fractional shutdown timeout", "webhook: {shutdownTimeout: 1.5s}", []string{"/webhook/shutdownTimeout"}},
 		{"GOGC not a percentage", "webhook: {gogc: \"half\"}", []string{"/webhook/gogc"}},
 		{"GOGC zero", "webhook: {gogc: \"0\"}", []string{"/webhook/gogc"}},
@@ -77,7 +77,7 @@ func TestSchemaAccepts(t *testing.T) {
 	for _, v := range []string{
 		"redis: {replicas: 5}",
 		"redis: {replicas: 1}",
-		"webhook: {leaseTTL: 1m30s, redisTimeout: 0.5s, finalScrapeWait: 2m, shutdownTimeout: 1m5s}",
+		"webhook: {leaseTTL: 1m30s, redisTimeout: 0.5s, scrapeInterval: 2m, shutdownTimeout: 1m5s}",
 		"webhook: {gogc: \"off\"}",
 		"webhook: {gogc: \"\"}",
 		"redis: {persistence: {size: 512Mi, startDelay: 2h}}",

@@ -29,10 +29,10 @@ const (
 	// leaseTTL is the shared webhook's --lease-ttl: short, so that a
 	// sidecar renews several times within seconds.
 	leaseTTL = 2 * time.Second
-	// sidecarPort and finalScrapeWait are the webhook's defaults, which
+	// sidecarPort and scrapeInterval are the webhook's defaults, which
 	// the injected pods carry.
-	sidecarPort     = 65532
-	finalScrapeWait = 40 * time.Second
+	sidecarPort    = 65532
+	scrapeInterval = time.Minute
 )
 
 // denied is the error line kubectl prints when the webhook refuses a pod
@@ -143,8 +143,12 @@ func scenarioRestricted(t *testing.T, e *env, target *webhookTarget) {
 	if c == nil {
 		t.Fatalf("no container %q was injected: %+v", admission.ContainerName, got.Spec.Containers)
 	}
-	if len(got.Spec.Containers) != 2 || got.Spec.Containers[0].Name != "app" {
-		t.Errorf("containers %v, want the app's followed by the sidecar", names(got.Spec.Containers))
+	// The webhook's default injects a native sidecar: the first init
+	// container, restartPolicy Always.
+	if len(got.Spec.Containers) != 1 || got.Spec.Containers[0].Name != "app" ||
+		len(got.Spec.InitContainers) != 1 || got.Spec.InitContainers[0].Name != admission.ContainerName ||
+		c.RestartPolicy == nil || *c.RestartPolicy != corev1.ContainerRestartPolicyAlways {
+		t.Errorf("containers %v, init containers %v, want the app's and the sidecar as the native first init container", names(got.Spec.Containers), names(got.Spec.InitContainers))
 	}
 	if !slices.Equal(c.Command, []string{admission.SidecarCommand}) || len(c.Args) != 0 {
 		t.Errorf("the sidecar runs command %q args %q, want command [%s] without args", c.Command, c.Args, admission.SidecarCommand)
@@ -160,8 +164,10 @@ func scenarioRestricted(t *testing.T, e *env, target *webhookTarget) {
 	if !maps.Equal(got.Annotations, wantAnn) {
 		t.Errorf("annotations %v, want %v", got.Annotations, wantAnn)
 	}
-	if g := got.Spec.TerminationGracePeriodSeconds; g == nil || time.Duration(*g)*time.Second < finalScrapeWait+10*time.Second {
-		t.Errorf("terminationGracePeriodSeconds %v, want it raised to at least final-scrape-wait + 10s", g)
+	// The pod's own 30 s (the API server's default) for the app, plus one
+	// scrape interval and 10 s for the sidecar's final scrape.
+	if g := got.Spec.TerminationGracePeriodSeconds; g == nil || time.Duration(*g)*time.Second != 30*time.Second+scrapeInterval+10*time.Second {
+		t.Errorf("terminationGracePeriodSeconds %v, want 30s + scrape-interval + 10s", g)
 	}
 	env := envOf(c)
 	wantEnv := map[string]string{
@@ -195,7 +201,7 @@ func names(cs []corev1.Container) []string {
 
 // metricsApp stands in for the application whose metrics the sidecar
 // proxies; it listens on loopback, where the pod's upstream points.
-func metricsApp(t *testing.T) (port int, body string) {
+func metricsApp(t *testing.T) (port int, body string, stop func()) {
 	t.Helper()
 	body = "# TYPE app_jobs_done_total counter\napp_jobs_done_total 42\n"
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -207,6 +213,7 @@ func metricsApp(t *testing.T) (port int, body string) {
 		_, _ = io.WriteString(w, body)
 	}))
 	t.Cleanup(srv.Close)
+	stop = srv.Close
 	u, err := url.Parse(srv.URL)
 	if err != nil {
 		t.Fatal(err)
@@ -215,7 +222,7 @@ func metricsApp(t *testing.T) (port int, body string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return port, body
+	return port, body, stop
 }
 
 // 3. and 4. Semaphore of size 2: pods 1 and 2 are created, pod 3 is refused
@@ -226,7 +233,7 @@ func metricsApp(t *testing.T) (port int, body string) {
 func scenarioSemaphore(t *testing.T, e *env, target *webhookTarget) {
 	ns, key := "s3-semaphore", "workers"
 	e.served(t, ns, target, nil)
-	appPort, appBody := metricsApp(t)
+	appPort, appBody, stopApp := metricsApp(t)
 	// The startup timeout is long, so that a slot that stays held past a
 	// few TTLs can only be the sidecar's renewals at work.
 	ann := gated(optIn(appPort), key, 2, "10m")
@@ -321,27 +328,25 @@ func scenarioSemaphore(t *testing.T, e *env, target *webhookTarget) {
 	if got := scrape(t, sc.URL()+"/metrics"); got != appBody {
 		t.Errorf("a scrape through the sidecar returned %q, want the app's %q", got, appBody)
 	}
-	// ...the pod is deleted: SIGTERM, one more scrape, and the slot goes back.
+	// ...the pod is deleted. With a native sidecar the kubelet signals the
+	// sidecar only after the app exited: the app stops, then SIGTERM.
+	// Prometheus already holds the app's last state (nothing changed since
+	// that scrape), so the sidecar does not wait a scrape interval for
+	// another; it gives the slot back and exits.
+	stopApp()
+	signalled := time.Now()
 	if err := sc.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
-	}
-	// Only a scrape that arrives after the sidecar took the signal is the
-	// final one it waits for.
-	if !sc.WaitLog("", "Termination signal received", stepTimeout) {
-		t.Fatalf("the sidecar did not take SIGTERM; log:\n%s", sc.Logs())
-	}
-	signalled := time.Now()
-	if got := scrape(t, sc.URL()+"/metrics"); got != appBody {
-		t.Errorf("the final scrape returned %q, want the app's %q", got, appBody)
 	}
 	code, err := sc.Wait(stepTimeout)
 	if err != nil || code != 0 {
 		t.Fatalf("the sidecar exited with %d (%v) after SIGTERM; log:\n%s", code, err, sc.Logs())
 	}
-	// Answered in full, the final scrape ends the wait: the sidecar does
-	// not sit out its final-scrape-wait.
-	if took := time.Since(signalled); took > finalScrapeWait/2 {
-		t.Errorf("the sidecar took %s to exit after its final scrape", took)
+	if took := time.Since(signalled); took > scrapeInterval/2 {
+		t.Errorf("the sidecar took %s to exit after SIGTERM although its scraper had the app's last state", took)
+	}
+	if len(sc.Find("info", "The final scrape was answered")) != 1 {
+		t.Errorf("the sidecar did not log that every scraper had the last state; log:\n%s", sc.Logs())
 	}
 	if len(sc.Find("info", "Released the semaphore slot.")) != 1 {
 		t.Errorf("the sidecar did not log the release; log:\n%s", sc.Logs())

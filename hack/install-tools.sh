@@ -26,10 +26,24 @@ KUBE_VERSION=v1.37.2
 HELM_VERSION=v3.22.0
 CT_VERSION=v3.14.0
 ACTIONLINT_VERSION=v1.7.12
+REGISTRY_VERSION=v3.1.2
+COREDNS_VERSION=v1.15.0
 
-GO_TOOLS=(kube-apiserver kube-controller-manager kubectl helm ct actionlint)
+KUBE_NETWORK_POLICIES_VERSION=v0.8.0
+
+# registry is the OCI registry the images are pushed to (src/testenv/registry);
+# coredns goes into the cluster DNS image (src/testenv/images); the kubelet,
+# kube-scheduler, kube-proxy and kube-network-policies run the node
+# (src/testenv/kubenode).
+GO_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl helm ct actionlint registry coredns kube-network-policies)
 # command:debian-package, as hack/ensure-apt.sh takes them.
-APT_TOOLS=(etcd:etcd-server redis-server:redis-server prometheus:prometheus yamllint:yamllint openssl:openssl)
+# busybox (busybox-static) and redis-cli go into the images src/testenv/images builds.
+# The second line is what the node harness (src/testenv/kubenode) runs: the
+# container runtime, the CNI plugins (checked by a path, Debian puts them in
+# /usr/lib/cni), and the netfilter and link tools kube-proxy, the kubelet and
+# the harness call.
+APT_TOOLS=(etcd:etcd-server redis-server:redis-server redis-cli:redis-tools prometheus:prometheus yamllint:yamllint openssl:openssl busybox:busybox-static
+	containerd:containerd runc:runc /usr/lib/cni/bridge:containernetworking-plugins iptables:iptables conntrack:conntrack nft:nftables ip:iproute2)
 
 die() {
 	echo "install-tools: $*" >&2
@@ -59,20 +73,26 @@ esac
 # Module directory and package of each Go tool.
 tool_module() {
 	case $1 in
-	kube-apiserver | kube-controller-manager | kubectl) echo kubernetes ;;
+	kube-apiserver | kube-controller-manager | kube-scheduler | kubelet | kube-proxy | kubectl) echo kubernetes ;;
+	kube-network-policies) echo kube-network-policies ;;
 	helm) echo helm ;;
 	ct) echo chart-testing ;;
 	actionlint) echo actionlint ;;
+	registry) echo registry ;;
+	coredns) echo coredns ;;
 	*) return 1 ;;
 	esac
 }
 
 tool_package() {
 	case $1 in
-	kube-apiserver | kube-controller-manager | kubectl) echo "k8s.io/kubernetes/cmd/$1" ;;
+	kube-apiserver | kube-controller-manager | kube-scheduler | kubelet | kube-proxy | kubectl) echo "k8s.io/kubernetes/cmd/$1" ;;
+	kube-network-policies) echo sigs.k8s.io/kube-network-policies/cmd ;;
 	helm) echo helm.sh/helm/v3/cmd/helm ;;
 	ct) echo github.com/helm/chart-testing/v3/ct ;;
 	actionlint) echo github.com/rhysd/actionlint/cmd/actionlint ;;
+	registry) echo github.com/distribution/distribution/v3/cmd/registry ;;
+	coredns) echo github.com/coredns/coredns ;;
 	*) return 1 ;;
 	esac
 }
@@ -83,13 +103,17 @@ tool_version() {
 	helm) echo "$HELM_VERSION" ;;
 	chart-testing) echo "$CT_VERSION" ;;
 	actionlint) echo "$ACTIONLINT_VERSION" ;;
+	kube-network-policies) echo "$KUBE_NETWORK_POLICIES_VERSION" ;;
+	registry) echo "$REGISTRY_VERSION" ;;
+	coredns) echo "$COREDNS_VERSION" ;;
 	esac
 }
 
 # Linker flags that make each binary report its real version: without them
 # Kubernetes reports v0.0.0-master (which `kubectl version` cannot parse), helm
 # reports v3.22 and assumes Kubernetes 1.20 for `helm template`, ct says
-# "unreleased" and actionlint prints the tools module's version.
+# "unreleased", actionlint prints the tools module's version and the registry
+# "v3.1.2+unknown".
 tool_ldflags() {
 	local v
 	v=$(tool_version "$1")
@@ -119,6 +143,10 @@ tool_ldflags() {
 		;;
 	chart-testing) echo "-X github.com/helm/chart-testing/v3/ct/cmd.Version=$v" ;;
 	actionlint) echo "-X github.com/rhysd/actionlint.version=$v" ;;
+	kube-network-policies) echo "" ;;
+	registry) echo "-X github.com/distribution/distribution/v3/version.version=$v" ;;
+	# CoreDNS's version is a constant of its source; only the commit is a flag.
+	coredns) echo "-X github.com/coredns/coredns/coremain.GitCommit=$v" ;;
 	esac
 }
 
@@ -196,8 +224,10 @@ build_tools() {
 	if [ "$rc" -ne 0 ]; then
 		die "building ${tools[*]} from hack/tools/$mod failed (go build exit code $rc); the output above says why."
 	fi
+	# go build names a binary after the last element of its package path;
+	# kube-network-policies keeps its main package in ./cmd.
 	for t in "${tools[@]}"; do
-		mv -f "$TMP_DIR/$t" "$BIN/$t"
+		mv -f "$TMP_DIR/$(basename "$(tool_package "$t")")" "$BIN/$t"
 	done
 	if [ "$mod" = chart-testing ]; then
 		local dir

@@ -320,7 +320,18 @@ func sidecarEnv(raw []byte) ([]string, error) {
 				Name, Value string
 			} `json:"env"`
 		}
-		if op.Path != "/spec/containers/-" || json.Unmarshal(op.Value, &c) != nil || c.Name != "prometheus-metrics-proxy" {
+		value := op.Value
+		if op.Path == "/spec/initContainers" {
+			// A native sidecar into a pod without init containers: the
+			// value is the array.
+			var list []json.RawMessage
+			if json.Unmarshal(value, &list) != nil || len(list) != 1 {
+				continue
+			}
+			value = list[0]
+		}
+		isSidecarPath := op.Path == "/spec/containers/-" || op.Path == "/spec/initContainers" || op.Path == "/spec/initContainers/0"
+		if !isSidecarPath || json.Unmarshal(value, &c) != nil || c.Name != "prometheus-metrics-proxy" {
 			continue
 		}
 		var env []string

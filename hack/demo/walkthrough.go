@@ -146,15 +146,17 @@ func (w *walker) injected(app *metricsApp) error {
 		return err
 	}
 	if _, err := w.kubectl("-n", w.ns, "get", "pod", "web", "-o",
-		`jsonpath={range .spec.containers[*]}{.name} {.ports[*].containerPort}{"\n"}{end}`); err != nil {
+		`jsonpath={range .spec.initContainers[*]}{.name} {.ports[*].containerPort} (init, restartPolicy {.restartPolicy}){"\n"}{end}{range .spec.containers[*]}{.name} {.ports[*].containerPort}{"\n"}{end}`); err != nil {
 		return err
 	}
 	if _, err := w.kubectl("-n", w.ns, "get", "pod", "web", "-o",
 		`jsonpath={.metadata.annotations}{"\n"}terminationGracePeriodSeconds={.spec.terminationGracePeriodSeconds}{"\n"}`); err != nil {
 		return err
 	}
-	w.say("The sidecar %q listens on 65532, prometheus.io/port now points at it (annotation-based scrape configs go through it), "+
-		"the grace period leaves time for a final scrape, and PodSecurity (restricted) accepted the result.", admission.ContainerName)
+	w.say("The sidecar %q is a native sidecar (an init container with restartPolicy Always: the kubelet starts the app after its startup probe "+
+		"passed and stops it after the app exited). It listens on 65532, prometheus.io/port now points at it (annotation-based scrape configs go "+
+		"through it), the grace period grew by the scrape interval plus 10 s for the final scrape after the app's exit, and PodSecurity "+
+		"(restricted) accepted the result.", admission.ContainerName)
 	return nil
 }
 
@@ -214,9 +216,11 @@ func (w *walker) sidecar(app *metricsApp) error {
 		return fmt.Errorf("cannot decode worker-1: %w", err)
 	}
 	var c *corev1.Container
-	for i := range pod.Spec.Containers {
-		if pod.Spec.Containers[i].Name == admission.ContainerName {
-			c = &pod.Spec.Containers[i]
+	for _, list := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+		for i := range list {
+			if list[i].Name == admission.ContainerName {
+				c = &list[i]
+			}
 		}
 	}
 	if c == nil || !slices.Equal(c.Command, []string{admission.SidecarCommand}) {
@@ -280,7 +284,15 @@ func (w *walker) sidecar(app *metricsApp) error {
 	}
 	fmt.Fprintf(w.out, "$ curl http://%s/metrics   # what Prometheus scrapes, proxied to the app\n%s", addr, indent(body))
 	seen := len(events(sc))
-	fmt.Fprintf(w.out, "$ kill -TERM %d   # the pod is deleted\n", sc.pid())
+	// What the kubelet does with a native sidecar: the app container's
+	// preStop hook (injected by the webhook), the app's own stop, and the
+	// sidecar's signal only once the app has exited.
+	fmt.Fprintf(w.out, "$ curl http://%s%s   # the pod is deleted: the app's preStop hook\n", addr, admission.TerminatingPath)
+	if _, err := get("http://" + addr + admission.TerminatingPath); err != nil {
+		return err
+	}
+	fmt.Fprintf(w.out, "# the app exits; then:\n$ kill -TERM %d\n", sc.pid())
+	app.close()
 	if err := sc.signal(syscall.SIGTERM); err != nil {
 		return err
 	}
@@ -298,7 +310,7 @@ func (w *walker) sidecar(app *metricsApp) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w.out, "$ curl http://%s/metrics   # the final scrape, which the sidecar waits for\n%s", addr, indent(body))
+	fmt.Fprintf(w.out, "$ curl http://%s/metrics   # the final scrape: the app's state fetched just before it exited\n%s", addr, indent(body))
 	if err := sc.wait(waitTimeout); err != nil {
 		return fmt.Errorf("the sidecar did not exit cleanly: %w; log:\n%s", err, sc.logTail(20))
 	}

@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/validation"
+
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseapi"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/semaphore"
 )
@@ -47,66 +49,30 @@ const (
 	maxPathLength         = 1024
 )
 
-// podView is what the handler reads of an annotated pod (readPod fills it);
-// everything else is skipped, which is far cheaper than decoding a whole
-// corev1.Pod.
-type podView struct {
-	Metadata struct {
-		Name         string            `json:"name"`
-		GenerateName string            `json:"generateName"`
-		Annotations  map[string]string `json:"annotations"`
-		// HasLabels tells whether the pod has a labels map the holder
-		// label can be added to.
-		HasLabels bool `json:"-"`
-		// Controller is the owner reference marked as controller.
-		Controller ownerRef `json:"-"`
-	} `json:"metadata"`
-	Spec podSpecView `json:"spec"`
-}
-
-type podSpecView struct {
-	Containers                    []containerView `json:"containers"`
-	InitContainers                []containerView `json:"initContainers"`
-	HostNetwork                   bool            `json:"hostNetwork"`
-	TerminationGracePeriodSeconds *int64          `json:"terminationGracePeriodSeconds"`
-}
-
-type containerView struct {
-	Name  string     `json:"name"`
-	Ports []portView `json:"ports"`
-}
-
-type portView struct {
-	Name          string `json:"name"`
-	ContainerPort int32  `json:"containerPort"`
-	HostPort      int32  `json:"hostPort"`
-}
-
-// displayName is the pod's name for messages and logs: the name, or the
-// generateName prefix the API server has not completed yet.
-func (p *podView) displayName() string {
-	if p.Metadata.Name != "" {
-		return p.Metadata.Name
-	}
-	return p.Metadata.GenerateName
-}
-
-// plan is what the annotations ask for, validated.
+// plan is what the annotations ask for, validated, and what the patch
+// needs of the pod, so that the pod itself is not kept while a slot is
+// taken.
 type plan struct {
-	port           int32
-	path           string
-	key            string // empty: no semaphore
-	size           int
+	metricsPort    int32
+	metricsPath    string
+	semaphoreKey   string // empty: no semaphore
+	semaphoreSize  int
 	startupTimeout time.Duration
+	scrapeInterval time.Duration
 	warnings       []string
-}
 
-// denial is an admission refusal: the HTTP-like code the API server passes
-// on to the client, the metrics reason, and the message kubectl shows.
-type denial struct {
-	code    int32
-	reason  reason
-	message string
+	hasAnnotations bool
+	// hasLabels tells whether the holder label goes into an existing map.
+	hasLabels bool
+	// record is what Redis keeps about the slot taken for the pod.
+	record         semaphore.Record
+	initContainers int
+	// gracePeriod is the pod's terminationGracePeriodSeconds, or the
+	// default Kubernetes applies when it sets none.
+	gracePeriod int64
+	// containers is what the preStop hooks of a native sidecar's pod
+	// need of the app containers.
+	containers []containerPorts
 }
 
 func invalid(format string, args ...any) *denial {
@@ -115,73 +81,104 @@ func invalid(format string, args ...any) *denial {
 
 // planFor validates the pod's annotations and containers against the
 // sidecar's port.
-func planFor(pod *podView, sidecarPort int32) (*plan, *denial) {
-	ann := pod.Metadata.Annotations
-	p := &plan{path: defaultMetricsPath, startupTimeout: DefaultStartupTimeout}
+func planFor(pod *podObject, sidecarPort int32, defaultScrapeInterval time.Duration) (*plan, *denial) {
+	p := &plan{
+		metricsPath: defaultMetricsPath, startupTimeout: DefaultStartupTimeout,
+		hasAnnotations: pod.Annotations != nil, initContainers: len(pod.Spec.InitContainers), gracePeriod: defaultGracePeriod,
+		containers: pod.Spec.Containers, hasLabels: pod.Labels != nil, record: leaseRecord(pod),
+	}
+	if tg := pod.Spec.TerminationGracePeriodSeconds; tg != nil {
+		p.gracePeriod = *tg
+	}
+	if d := checkContainers(pod); d != nil {
+		return nil, d
+	}
+	if d := p.metricsEndpoint(pod, sidecarPort); d != nil {
+		return nil, d
+	}
+	if d := p.semaphoreRequest(pod.Annotations); d != nil {
+		return nil, d
+	}
+	interval, d := scrapeIntervalFor(pod.Annotations, defaultScrapeInterval)
+	if d != nil {
+		return nil, d
+	}
+	p.scrapeInterval = interval
+	return p, nil
+}
+
+// checkContainers refuses a pod the sidecar cannot be added to.
+func checkContainers(pod *podObject) *denial {
 	if len(pod.Spec.Containers) == 0 {
 		// Validation, which runs after admission, would refuse the pod
 		// anyway; a patch could not even add the sidecar to it.
-		return nil, invalid("the pod has no containers; it needs at least one before the metrics proxy can be injected")
+		return invalid("the pod has no containers; it needs at least one before the metrics proxy can be injected")
 	}
-
-	for _, c := range pod.Spec.Containers {
-		if c.Name == ContainerName {
-			return nil, &denial{code: 400, reason: reasonConflict, message: fmt.Sprintf(
-				"container %q already exists but the pod has no annotation %s: \"true\"; rename the container, the webhook injects one of that name",
-				ContainerName, AnnotationInjected)}
+	for _, list := range []struct {
+		what       string
+		containers []containerPorts
+	}{{"container", pod.Spec.Containers}, {"init container", pod.Spec.InitContainers}} {
+		for _, c := range list.containers {
+			if c.Name == ContainerName {
+				return &denial{code: 400, reason: reasonConflict, message: fmt.Sprintf(
+					"%s %q already exists but the pod has no annotation %s: \"true\"; rename the container, the webhook injects one of that name",
+					list.what, ContainerName, AnnotationInjected)}
+			}
 		}
 	}
-	for _, c := range pod.Spec.InitContainers {
-		if c.Name == ContainerName {
-			return nil, &denial{code: 400, reason: reasonConflict, message: fmt.Sprintf(
-				"init container %q already exists but the pod has no annotation %s: \"true\"; rename the container, the webhook injects one of that name",
-				ContainerName, AnnotationInjected)}
-		}
-	}
+	return nil
+}
 
+// metricsEndpoint reads the port and the path the sidecar proxies to.
+func (p *plan) metricsEndpoint(pod *podObject, sidecarPort int32) *denial {
+	ann := pod.Annotations
 	if raw, ok := ann[AnnotationPort]; ok {
 		port, d := parsePort(raw, pod)
 		if d != nil {
-			return nil, d
+			return d
 		}
-		p.port = port
+		p.metricsPort = port
 	} else {
 		port, found := namedPort(pod, MetricsPortName)
 		if !found {
-			return nil, &denial{code: 400, reason: reasonNoPort, message: fmt.Sprintf(
+			return &denial{code: 400, reason: reasonNoPort, message: fmt.Sprintf(
 				"annotation %s is absent and no container port is named %q; set %s to the port of the application's metrics endpoint",
 				AnnotationPort, MetricsPortName, AnnotationPort)}
 		}
-		p.port = port
+		p.metricsPort = port
 		p.warnings = append(p.warnings, fmt.Sprintf(
 			"annotation %s is absent: the metrics port %d was found by its name %q", AnnotationPort, port, MetricsPortName))
 	}
-	if p.port == sidecarPort {
-		return nil, &denial{code: 400, reason: reasonConflict, message: fmt.Sprintf(
+	if p.metricsPort == sidecarPort {
+		return &denial{code: 400, reason: reasonConflict, message: fmt.Sprintf(
 			"annotation %s %q is the port of the injected metrics proxy (%d); the application must serve its metrics on another port",
 			AnnotationPort, ann[AnnotationPort], sidecarPort)}
 	}
 	if d := portClash(pod, sidecarPort); d != nil {
-		return nil, d
+		return d
 	}
-
 	if raw, ok := ann[AnnotationPath]; ok {
 		if !validPath(raw) {
-			return nil, invalid("annotation %s %q must be a URL path that starts with \"/\", at most %d characters without spaces or control characters",
+			return invalid("annotation %s %q must be a URL path that starts with \"/\", at most %d characters without spaces or control characters",
 				AnnotationPath, raw, maxPathLength)
 		}
-		p.path = raw
+		p.metricsPath = raw
 	}
+	return nil
+}
 
+// semaphoreRequest reads the semaphore the pod names, its size and the
+// startup timeout of its slot.
+func (p *plan) semaphoreRequest(ann map[string]string) *denial {
 	key, hasKey := ann[AnnotationSemaphoreKey]
 	rawSize, hasSize := ann[AnnotationSemaphoreSize]
 	rawTimeout, hasTimeout := ann[AnnotationStartupTimeout]
 	if hasKey {
 		if err := leaseapi.ValidateKey(key); err != nil {
-			return nil, invalid("annotation %s %q %v", AnnotationSemaphoreKey, key, err)
+			return invalid("annotation %s %q %v", AnnotationSemaphoreKey, key, err)
 		}
 		if !hasSize {
-			return nil, invalid("annotation %s is required with %s %q; set it to the number of slots, an integer from 1 to %d",
+			return invalid("annotation %s is required with %s %q; set it to the number of slots, an integer from 1 to %d",
 				AnnotationSemaphoreSize, AnnotationSemaphoreKey, key, semaphore.MaxSize)
 		}
 	}
@@ -190,18 +187,18 @@ func planFor(pod *podView, sidecarPort int32) (*plan, *denial) {
 		// Digits only: Atoi also takes "+3", which reads like a relative
 		// change the annotation does not support.
 		if err != nil || !digits(rawSize) || size < 1 || size > semaphore.MaxSize {
-			return nil, invalid("annotation %s %q must be an integer from 1 to %d", AnnotationSemaphoreSize, rawSize, semaphore.MaxSize)
+			return invalid("annotation %s %q must be an integer from 1 to %d", AnnotationSemaphoreSize, rawSize, semaphore.MaxSize)
 		}
 		if !hasKey {
-			return nil, invalid("annotation %s %q is set but annotation %s is missing; name the semaphore or remove the size",
+			return invalid("annotation %s %q is set but annotation %s is missing; name the semaphore or remove the size",
 				AnnotationSemaphoreSize, rawSize, AnnotationSemaphoreKey)
 		}
-		p.key, p.size = key, size
+		p.semaphoreKey, p.semaphoreSize = key, size
 	}
 	if hasTimeout {
 		d, err := time.ParseDuration(rawTimeout)
 		if err != nil || d < MinStartupTimeout || d > MaxStartupTimeout {
-			return nil, invalid("annotation %s %q must be a Go duration from %s to %s, e.g. 5m",
+			return invalid("annotation %s %q must be a Go duration from %s to %s, e.g. 5m",
 				AnnotationStartupTimeout, rawTimeout, shortDuration(MinStartupTimeout), shortDuration(MaxStartupTimeout))
 		}
 		p.startupTimeout = d
@@ -209,7 +206,7 @@ func planFor(pod *podView, sidecarPort int32) (*plan, *denial) {
 			p.warnings = append(p.warnings, fmt.Sprintf("annotation %s has no effect without %s", AnnotationStartupTimeout, AnnotationSemaphoreKey))
 		}
 	}
-	return p, nil
+	return nil
 }
 
 func digits(s string) bool {
@@ -222,15 +219,15 @@ func digits(s string) bool {
 }
 
 // parsePort accepts a port number or the name of a container port.
-func parsePort(raw string, pod *podView) (int32, *denial) {
+func parsePort(raw string, pod *podObject) (int32, *denial) {
 	if raw != "" && raw[0] >= '0' && raw[0] <= '9' {
 		n, err := strconv.Atoi(raw)
-		if err != nil || n < 1 || n > 65535 {
+		if err != nil || len(validation.IsValidPortNum(n)) != 0 {
 			return 0, invalid("annotation %s %q must be a port number from 1 to 65535 or the name of a container port", AnnotationPort, raw)
 		}
 		return int32(n), nil
 	}
-	if !validPortName(raw) {
+	if len(validation.IsValidPortName(raw)) != 0 {
 		return 0, invalid("annotation %s %q must be a port number from 1 to 65535 or the name of a container port", AnnotationPort, raw)
 	}
 	port, ok := namedPort(pod, raw)
@@ -241,32 +238,8 @@ func parsePort(raw string, pod *podView) (int32, *denial) {
 	return port, nil
 }
 
-// validPortName is Kubernetes' IANA_SVC_NAME: 1-15 lowercase letters, digits
-// and '-', at least one letter, no leading, trailing or double '-'.
-func validPortName(s string) bool {
-	if len(s) == 0 || len(s) > 15 || s[0] == '-' || s[len(s)-1] == '-' {
-		return false
-	}
-	letter := false
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z':
-			letter = true
-		case c >= '0' && c <= '9':
-		case c == '-':
-			if s[i-1] == '-' {
-				return false
-			}
-		default:
-			return false
-		}
-	}
-	return letter
-}
-
-func namedPort(pod *podView, name string) (int32, bool) {
-	for _, list := range [][]containerView{pod.Spec.Containers, pod.Spec.InitContainers} {
+func namedPort(pod *podObject, name string) (int32, bool) {
+	for _, list := range [][]containerPorts{pod.Spec.Containers, pod.Spec.InitContainers} {
 		for _, c := range list {
 			for _, port := range c.Ports {
 				if port.Name == name && port.ContainerPort > 0 {
@@ -281,8 +254,8 @@ func namedPort(pod *podView, name string) (int32, bool) {
 // portClash refuses pods whose containers declare the sidecar's port: every
 // container of a pod shares one network namespace (and with hostNetwork,
 // the node's), so two of them cannot listen on it.
-func portClash(pod *podView, sidecarPort int32) *denial {
-	for _, list := range [][]containerView{pod.Spec.Containers, pod.Spec.InitContainers} {
+func portClash(pod *podObject, sidecarPort int32) *denial {
+	for _, list := range [][]containerPorts{pod.Spec.Containers, pod.Spec.InitContainers} {
 		for _, c := range list {
 			for _, port := range c.Ports {
 				if port.ContainerPort == sidecarPort || (pod.Spec.HostNetwork && port.HostPort == sidecarPort) {

@@ -97,16 +97,21 @@ func benchReview(b *testing.B, h http.Handler, review []byte, before func()) {
 	}
 }
 
-func BenchmarkParse(b *testing.B) {
+// BenchmarkDecode is the typed decoding of an opted-in pod's review: the
+// AdmissionReview, then the pod.
+func BenchmarkDecode(b *testing.B) {
 	for _, size := range []int{2 << 10, 64 << 10} {
 		body := reviewOfRaw(b, paddedPod(basePod(), size), reviewOpts{})
 		b.Run("review+pod/"+strconv.Itoa(size>>10)+"KiB", func(b *testing.B) {
 			b.SetBytes(int64(len(body)))
 			b.ReportAllocs()
 			for b.Loop() {
-				var rv review
-				if err := parseReview(body, &rv); err != nil || !rv.opted {
+				req, err := decodeReview(body)
+				if err != nil {
 					b.Fatal(err)
+				}
+				if c := classify(req); c.pod == nil {
+					b.Fatalf("the pod was not classified for injection: %+v", c)
 				}
 			}
 		})
@@ -114,18 +119,16 @@ func BenchmarkParse(b *testing.B) {
 }
 
 func BenchmarkPatch(b *testing.B) {
-	t, err := newTemplate(testSidecar())
+	in, err := newInjection(testSidecar())
 	if err != nil {
 		b.Fatal(err)
 	}
-	pod := &podView{}
-	pod.Metadata.Annotations = map[string]string{AnnotationOptIn: "true"}
-	pod.Spec.Containers = []containerView{{Name: "app"}}
-	p := &plan{port: 8080, path: "/metrics"}
+	p := &plan{metricsPort: 8080, metricsPath: "/metrics", hasAnnotations: true, gracePeriod: defaultGracePeriod}
 	env := &leaseEnv{namespace: "ns", key: "k", size: 3, ca: []byte(testCA)}
-	buf := make([]byte, 0, 4096)
 	b.ReportAllocs()
 	for b.Loop() {
-		buf = t.appendPatch(buf[:0], pod, p, env, false)
+		if _, err := in.patch(p, env); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

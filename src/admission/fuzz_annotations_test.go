@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseapi"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/semaphore"
 )
@@ -68,14 +71,14 @@ func FuzzAnnotations(f *testing.F) {
 		set(bitTimeout, AnnotationStartupTimeout, timeout)
 		set(bitPort, AnnotationPort, port)
 		set(bitPath, AnnotationPath, path)
-		var pod podView
-		pod.Metadata.Annotations = ann
-		pod.Spec.HostNetwork = hostNetwork
-		pod.Spec.Containers = []containerView{{Name: container, Ports: []portView{
-			{Name: "http", ContainerPort: containerPort, HostPort: hostPort},
-		}}}
+		pod := podObject{
+			ObjectMeta: metav1.ObjectMeta{Annotations: ann},
+			Spec: podSpec{HostNetwork: hostNetwork, Containers: []containerPorts{{Name: container, Ports: []corev1.ContainerPort{
+				{Name: "http", ContainerPort: containerPort, HostPort: hostPort},
+			}}}},
+		}
 
-		p, den := planFor(&pod, sidecarPort)
+		p, den := planFor(&pod, sidecarPort, DefaultScrapeInterval)
 		if (p == nil) == (den == nil) {
 			t.Fatalf("planFor answered plan %+v and denial %+v: want exactly one", p, den)
 		}
@@ -111,29 +114,29 @@ func checkAnnotationDenial(t *testing.T, ann map[string]string, den *denial) {
 
 func checkAnnotationPlan(t *testing.T, ann map[string]string, p *plan, sidecarPort int32) {
 	t.Helper()
-	if p.port < 1 || p.port > 65535 || p.port == sidecarPort {
-		t.Fatalf("accepted metrics port %d (annotation %q)", p.port, ann[AnnotationPort])
+	if p.metricsPort < 1 || p.metricsPort > 65535 || p.metricsPort == sidecarPort {
+		t.Fatalf("accepted metrics port %d (annotation %q)", p.metricsPort, ann[AnnotationPort])
 	}
-	if !validPath(p.path) {
-		t.Fatalf("accepted metrics path %q", p.path)
+	if !validPath(p.metricsPath) {
+		t.Fatalf("accepted metrics path %q", p.metricsPath)
 	}
-	if v, ok := ann[AnnotationPath]; ok && p.path != v {
-		t.Fatalf("path %q, annotation %q", p.path, v)
+	if v, ok := ann[AnnotationPath]; ok && p.metricsPath != v {
+		t.Fatalf("path %q, annotation %q", p.metricsPath, v)
 	}
 	key, hasKey := ann[AnnotationSemaphoreKey]
 	switch {
 	case hasKey:
-		if p.key != key || leaseapi.ValidateKey(key) != nil {
-			t.Fatalf("accepted semaphore key %q as %q", key, p.key)
+		if p.semaphoreKey != key || leaseapi.ValidateKey(key) != nil {
+			t.Fatalf("accepted semaphore key %q as %q", key, p.semaphoreKey)
 		}
-		if p.size < 1 || p.size > semaphore.MaxSize {
-			t.Fatalf("accepted size %d (annotation %q)", p.size, ann[AnnotationSemaphoreSize])
+		if p.semaphoreSize < 1 || p.semaphoreSize > semaphore.MaxSize {
+			t.Fatalf("accepted size %d (annotation %q)", p.semaphoreSize, ann[AnnotationSemaphoreSize])
 		}
-		if n, err := strconv.Atoi(ann[AnnotationSemaphoreSize]); err != nil || n != p.size {
-			t.Fatalf("size %d from annotation %q", p.size, ann[AnnotationSemaphoreSize])
+		if n, err := strconv.Atoi(ann[AnnotationSemaphoreSize]); err != nil || n != p.semaphoreSize {
+			t.Fatalf("size %d from annotation %q", p.semaphoreSize, ann[AnnotationSemaphoreSize])
 		}
-	case p.key != "" || p.size != 0:
-		t.Fatalf("a semaphore %q/%d without the key annotation", p.key, p.size)
+	case p.semaphoreKey != "" || p.semaphoreSize != 0:
+		t.Fatalf("a semaphore %q/%d without the key annotation", p.semaphoreKey, p.semaphoreSize)
 	}
 	if p.startupTimeout < MinStartupTimeout || p.startupTimeout > MaxStartupTimeout {
 		t.Fatalf("accepted startup timeout %s (annotation %q)", p.startupTimeout, ann[AnnotationStartupTimeout])

@@ -18,6 +18,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/semaphore"
 )
@@ -136,6 +137,12 @@ func TestDenials(t *testing.T) {
 			`semaphore-startup-timeout "5" must be a Go duration from 1s to 1h`},
 		{"startup timeout negative", with(ann(AnnotationSemaphoreKey, "k", AnnotationSemaphoreSize, "1", AnnotationStartupTimeout, "-5m")), 400,
 			`semaphore-startup-timeout "-5m" must be a Go duration`},
+		{"scrape interval not a duration", with(ann(AnnotationScrapeInterval, "15")), 400,
+			AnnotationScrapeInterval + ` "15" must be a Go duration from 1s to 10m, such as 15s or 1m`},
+		{"scrape interval too short", with(ann(AnnotationScrapeInterval, "500ms")), 400,
+			`scrape-interval "500ms" must be a Go duration from 1s to 10m`},
+		{"scrape interval too long", with(ann(AnnotationScrapeInterval, "11m")), 400,
+			`scrape-interval "11m" must be a Go duration from 1s to 10m`},
 		{"port zero", with(ann(AnnotationPort, "0")), 400,
 			`annotation prometheus.io/port "0" must be a port number from 1 to 65535 or the name of a container port`},
 		{"port too big", with(ann(AnnotationPort, "65536")), 400,
@@ -211,8 +218,9 @@ func TestInjection(t *testing.T) {
 		Env: []corev1.EnvVar{
 			{Name: "PMPH_LISTEN_ADDRESS", Value: ":65532"},
 			{Name: "PMPH_UPSTREAM", Value: "http://127.0.0.1:8080/metrics"},
-			{Name: "PMPH_GRACE_PERIOD", Value: "50s"},
-			{Name: "PMPH_FINAL_SCRAPE_WAIT", Value: "40s"},
+			// The pod's own 30 s, a scrape interval of 60 s, 10 s margin.
+			{Name: "PMPH_GRACE_PERIOD", Value: "100s"},
+			{Name: "PMPH_SCRAPE_INTERVAL", Value: "1m0s"},
 		},
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 	}
@@ -244,8 +252,15 @@ func TestInjection(t *testing.T) {
 	if _, ok := pod.Annotations[AnnotationSemaphoreSlot]; ok {
 		t.Fatalf("no semaphore, yet a slot annotation: %v", pod.Annotations)
 	}
-	if pod.Spec.TerminationGracePeriodSeconds == nil || *pod.Spec.TerminationGracePeriodSeconds != 50 {
+	if pod.Spec.TerminationGracePeriodSeconds == nil || *pod.Spec.TerminationGracePeriodSeconds != 100 {
 		t.Fatalf("grace period: %v", pod.Spec.TerminationGracePeriodSeconds)
+	}
+	if p := c.StartupProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != StartedPath || p.HTTPGet.Port.StrVal != SidecarPortName ||
+		p.PeriodSeconds != 1 || p.FailureThreshold != 1<<31-1 {
+		t.Fatalf("startup probe: %+v", c.StartupProbe)
+	}
+	if pod.Spec.Containers[0].Lifecycle != nil {
+		t.Fatalf("a regular sidecar gives the app no preStop hook: %+v", pod.Spec.Containers[0].Lifecycle)
 	}
 
 	// The patched pod comes back on reinvocation: it is left alone.
@@ -289,19 +304,27 @@ func TestInjectionVariants(t *testing.T) {
 				t.Fatalf("port annotation %q", p.Annotations[AnnotationPort])
 			}
 		}},
-		{"long grace period kept", f.h, func(p *corev1.Pod) {
+		{"long grace period raised by the interval and margin", f.h, func(p *corev1.Pod) {
 			p.Spec.TerminationGracePeriodSeconds = ptr(int64(120))
 		}, func(t *testing.T, p *corev1.Pod, _ *admissionv1.AdmissionResponse) {
 			c, _, _ := sidecarOf(p)
-			if *p.Spec.TerminationGracePeriodSeconds != 120 || envOf(c)["PMPH_GRACE_PERIOD"] != "120s" {
+			if *p.Spec.TerminationGracePeriodSeconds != 190 || envOf(c)["PMPH_GRACE_PERIOD"] != "190s" {
 				t.Fatalf("grace %d env %q", *p.Spec.TerminationGracePeriodSeconds, envOf(c)["PMPH_GRACE_PERIOD"])
 			}
 		}},
-		{"short grace period raised", f.h, func(p *corev1.Pod) {
+		{"zero grace period raised", f.h, func(p *corev1.Pod) {
 			p.Spec.TerminationGracePeriodSeconds = ptr(int64(0))
 		}, func(t *testing.T, p *corev1.Pod, _ *admissionv1.AdmissionResponse) {
-			if *p.Spec.TerminationGracePeriodSeconds != 50 {
+			if *p.Spec.TerminationGracePeriodSeconds != 70 {
 				t.Fatalf("grace %d", *p.Spec.TerminationGracePeriodSeconds)
+			}
+		}},
+		{"declared scrape interval", f.h, func(p *corev1.Pod) {
+			p.Annotations[AnnotationScrapeInterval] = "15s"
+		}, func(t *testing.T, p *corev1.Pod, _ *admissionv1.AdmissionResponse) {
+			c, _, _ := sidecarOf(p)
+			if *p.Spec.TerminationGracePeriodSeconds != 55 || envOf(c)["PMPH_SCRAPE_INTERVAL"] != "15s" || envOf(c)["PMPH_GRACE_PERIOD"] != "55s" {
+				t.Fatalf("grace %d env %v", *p.Spec.TerminationGracePeriodSeconds, envOf(c))
 			}
 		}},
 		{"startup timeout without key warns", f.h, func(p *corev1.Pod) {
@@ -315,6 +338,33 @@ func TestInjectionVariants(t *testing.T) {
 			c, init, n := sidecarOf(p)
 			if n != 1 || !init || len(p.Spec.InitContainers) != 1 || c.RestartPolicy == nil || *c.RestartPolicy != corev1.ContainerRestartPolicyAlways {
 				t.Fatalf("native sidecar: %+v", p.Spec.InitContainers)
+			}
+			if envOf(c)["PMPH_NATIVE_SIDECAR"] != "true" || c.StartupProbe == nil {
+				t.Fatalf("native sidecar env %v, startup probe %+v", envOf(c), c.StartupProbe)
+			}
+		}},
+		{"native sidecar gives app containers a preStop hook, keeping their own", native.h, func(p *corev1.Pod) {
+			own := &corev1.LifecycleHandler{Exec: &corev1.ExecAction{Command: []string{"sleep", "5"}}}
+			p.Spec.Containers = append(p.Spec.Containers,
+				corev1.Container{Name: "own-hook", Image: "busybox", Lifecycle: &corev1.Lifecycle{PreStop: own}},
+				corev1.Container{Name: "post-start-only", Image: "busybox", Lifecycle: &corev1.Lifecycle{PostStart: own}})
+		}, func(t *testing.T, p *corev1.Pod, _ *admissionv1.AdmissionResponse) {
+			want := &corev1.LifecycleHandler{HTTPGet: &corev1.HTTPGetAction{Path: TerminatingPath, Port: intstr.FromInt32(65532)}}
+			for _, c := range p.Spec.Containers {
+				got := c.Lifecycle.PreStop
+				switch c.Name {
+				case "own-hook":
+					if got.Exec == nil || got.HTTPGet != nil {
+						t.Errorf("the container's own preStop hook was replaced: %+v", got)
+					}
+				default:
+					if !reflect.DeepEqual(got, want) {
+						t.Errorf("container %s preStop %+v, want %+v", c.Name, got, want)
+					}
+				}
+				if c.Name == "post-start-only" && c.Lifecycle.PostStart == nil {
+					t.Error("the postStart hook was lost")
+				}
 			}
 		}},
 		{"native sidecar goes first", native.h, func(p *corev1.Pod) {
@@ -570,6 +620,8 @@ func TestHTTPErrors(t *testing.T) {
 		{"null request", http.MethodPost, "application/json", `{"request":null}`, 400, "has no request"},
 		{"no uid", http.MethodPost, "application/json", `{"request":{"kind":{"kind":"Pod","version":"v1"},"operation":"CREATE"}}`, 400, "has no uid"},
 		{"empty uid", http.MethodPost, "application/json", `{"request":{"uid":""}}`, 400, "has no uid"},
+		{"a request field of the wrong type", http.MethodPost, "application/json", `{"request":{"uid":"a","dryRun":"yes","object":{"spec":{"containers":"x"}}}}`, 400, "not a valid AdmissionReview"},
+		{"nested too deep", http.MethodPost, "application/json", strings.Repeat("[", 10001) + strings.Repeat("]", 10001), 400, "nested deeper than 10000 levels"},
 		{"v1beta1", http.MethodPost, "application/json", `{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"a"}}`, 400, `apiVersion "admission.k8s.io/v1beta1" is not served`},
 		{"too large", http.MethodPost, "application/json", `{"request":{"uid":"a","x":"` + strings.Repeat("a", MaxBodyBytes) + `"}}`, 413, "exceeds the limit"},
 	}
@@ -615,9 +667,7 @@ func TestReviewBudget(t *testing.T) {
 }
 
 func TestPatchEscapesAnnotationKeys(t *testing.T) {
-	var b []byte
-	b = appendAnnotation(b, "a~b/c", "v")
-	if got, want := string(b), `{"op":"add","path":"/metadata/annotations/a~0b~1c","value":"v"},`; got != want {
+	if got, want := annotationPath("a~b/c"), "/metadata/annotations/a~0b~1c"; got != want {
 		t.Fatalf("got %s want %s", got, want)
 	}
 }

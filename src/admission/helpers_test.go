@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -32,9 +33,12 @@ const (
 
 func testSidecar() Sidecar {
 	return Sidecar{
-		Image: "example.org/pmph:test", PullPolicy: "IfNotPresent", Port: 65532,
-		CPURequest: "10m", MemoryRequest: "16Mi", MemoryLimit: "32Mi",
-		FinalScrapeWait: 40 * time.Second, LeaseURL: testLeaseURL,
+		Image: "example.org/pmph:test", PullPolicy: corev1.PullIfNotPresent, Command: []string{SidecarCommand}, Port: 65532,
+		Resources: corev1.ResourceRequirements{
+			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("16Mi")},
+			Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("32Mi")},
+		},
+		ScrapeInterval: time.Minute, LeaseURL: testLeaseURL,
 	}
 }
 

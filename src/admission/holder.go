@@ -7,7 +7,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/jsonscan"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/semaphore"
 )
 
@@ -16,82 +17,26 @@ import (
 // selects on it, so that its watch holds only those pods.
 const LabelHolder = AnnotationHolder
 
-// ownerRef is the part of a controller owner reference the lease record
-// keeps.
-type ownerRef struct {
-	APIVersion, Kind, Name, UID string
-}
-
-// readController reads the ownerReferences array and keeps the one marked
-// as controller.
-func readController(span []byte, dst *ownerRef) error {
-	s := scanner{jsonscan.Scanner{Data: span}}
-	*dst = ownerRef{}
-	if s.IsNull() {
-		return nil
-	}
-	return s.Array("an array of owner references", func() error {
-		var ref ownerRef
-		controller := false
-		if s.IsNull() {
-			return nil
-		}
-		if err := s.Object(func(key []byte, esc bool) error {
-			switch {
-			case jsonscan.EqualsKey(key, esc, "apiVersion"):
-				return s.optText(&ref.APIVersion)
-			case jsonscan.EqualsKey(key, esc, "kind"):
-				return s.optText(&ref.Kind)
-			case jsonscan.EqualsKey(key, esc, "name"):
-				return s.optText(&ref.Name)
-			case jsonscan.EqualsKey(key, esc, "uid"):
-				return s.optText(&ref.UID)
-			case jsonscan.EqualsKey(key, esc, "controller"):
-				if s.IsNull() {
-					return nil
-				}
-				v, err := s.Boolean()
-				controller = v
-				return err
-			}
-			return s.Skip()
-		}); err != nil {
-			return err
-		}
-		if controller {
-			*dst = ref
-		}
-		return nil
-	})
-}
-
-// leaseRecord is what Redis keeps about the lease taken for this pod.
-func leaseRecord(pod *podView, now time.Time) semaphore.Record {
-	rec := semaphore.Record{Granted: now, Pod: pod.Metadata.Name}
+// leaseRecord is what Redis keeps about the slot taken for the pod; Granted
+// is set when the slot is taken.
+func leaseRecord(pod *podObject) semaphore.Record {
+	rec := semaphore.Record{Pod: pod.Name}
 	if rec.Pod == "" {
-		rec.Pod = pod.Metadata.GenerateName + "*"
+		rec.Pod = pod.GenerateName + "*"
 	}
-	if c := pod.Metadata.Controller; c.Kind != "" && c.Name != "" {
-		rec.Owner, rec.OwnerAPIVersion, rec.OwnerUID = c.Kind+"/"+c.Name, c.APIVersion, c.UID
+	if c := metav1.GetControllerOfNoCopy(&pod.ObjectMeta); c != nil {
+		rec.Owner, rec.OwnerAPIVersion, rec.OwnerUID = c.Kind+"/"+c.Name, c.APIVersion, string(c.UID)
 	}
 	return rec
 }
 
-// appendHolderLabel adds the holder label, creating the labels map when the
-// pod has none.
-func appendHolderLabel(b []byte, pod *podView, holder string) []byte {
-	if !pod.Metadata.HasLabels {
-		b = append(b, `{"op":"add","path":"/metadata/labels","value":{`...)
-		b = appendString(b, LabelHolder)
-		b = append(b, ':')
-		b = appendString(b, holder)
-		return append(b, `}},`...)
+// holderLabelOp adds the holder label, creating the labels map when the pod
+// has none.
+func holderLabelOp(p *plan, holder string) patchOperation {
+	if !p.hasLabels {
+		return patchOperation{Op: "add", Path: "/metadata/labels", Value: map[string]string{LabelHolder: holder}}
 	}
-	b = append(b, `{"op":"add","path":`...)
-	b = appendPointerString(b, "/metadata/labels/", LabelHolder)
-	b = append(b, `,"value":`...)
-	b = appendString(b, holder)
-	return append(b, `},`...)
+	return patchOperation{Op: "add", Path: "/metadata/labels/" + pointerEscaper.Replace(LabelHolder), Value: holder}
 }
 
 // maxHoldersNamed bounds how many holders a denial names, so that a big
@@ -136,10 +81,12 @@ func describeLease(l semaphore.HeldLease, now time.Time) string {
 }
 
 // acquire takes a slot with a fresh holder id and the pod's lease record.
-func (h *Handler) acquire(ctx context.Context, name string, p *plan, pod *podView) (semaphore.Lease, error) {
+func (h *Handler) acquire(ctx context.Context, name string, p *plan) (semaphore.Lease, error) {
 	holder, err := semaphore.NewHolderID()
 	if err != nil {
 		return semaphore.Lease{}, err
 	}
-	return h.cfg.Semaphore.AcquireWithRecord(ctx, name, p.size, p.startupTimeout, holder, leaseRecord(pod, time.Now()))
+	rec := p.record
+	rec.Granted = time.Now()
+	return h.cfg.Semaphore.AcquireWithRecord(ctx, name, p.semaphoreSize, p.startupTimeout, holder, rec)
 }

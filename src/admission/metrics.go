@@ -50,19 +50,19 @@ var reasonLabels = [numReasons]struct{ result, label string }{
 func (r reason) String() string { return reasonLabels[r].label }
 func (r reason) result() string { return reasonLabels[r].result }
 
-// path is the way a review went through the handler, for the duration
-// histogram: passthrough (decoded only as far as the opt-in annotation),
-// inject (pod decoded and patched), semaphore (a slot was asked for).
-type path uint8
+// route is the way a review went through the handler, the duration
+// histogram's "path" label: passed unchanged, injected, or injected with a
+// semaphore slot asked for.
+type route uint8
 
 const (
-	pathPassthrough path = iota
-	pathInject
-	pathSemaphore
-	numPaths
+	routePassthrough route = iota
+	routeInject
+	routeSemaphore
+	numRoutes
 )
 
-var pathLabels = [numPaths]string{"passthrough", "inject", "semaphore"}
+var routeLabels = [numRoutes]string{"passthrough", "inject", "semaphore"}
 
 // Metrics counts admission decisions and times them. Create it with
 // NewMetrics and register it with the caller's registry; a nil *Metrics
@@ -72,7 +72,7 @@ type Metrics struct {
 	durations *prometheus.HistogramVec
 	// Resolved once: a label lookup per review costs a hash and a lock.
 	byReason [numReasons]prometheus.Counter
-	byPath   [numPaths]prometheus.Observer
+	byRoute  [numRoutes]prometheus.Observer
 }
 
 // NewMetrics builds the collectors; nothing is registered.
@@ -92,8 +92,8 @@ func NewMetrics() *Metrics {
 	for r := range numReasons {
 		m.byReason[r] = m.requests.WithLabelValues(r.result(), r.String())
 	}
-	for p := range numPaths {
-		m.byPath[p] = m.durations.WithLabelValues(pathLabels[p])
+	for rt := range numRoutes {
+		m.byRoute[rt] = m.durations.WithLabelValues(routeLabels[rt])
 	}
 	return m
 }
@@ -110,10 +110,10 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	m.durations.Collect(ch)
 }
 
-func (m *Metrics) observe(r reason, p path, seconds float64) {
+func (m *Metrics) observe(r reason, rt route, seconds float64) {
 	if m == nil {
 		return
 	}
 	m.byReason[r].Inc()
-	m.byPath[p].Observe(seconds)
+	m.byRoute[rt].Observe(seconds)
 }

@@ -1,136 +1,27 @@
 package admission
 
 import (
-	"errors"
+	"encoding/json"
 	"fmt"
 	"strconv"
-	"time"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/semaphore"
 )
 
-// Sidecar describes the injected container.
-type Sidecar struct {
-	Image string
-	// PullPolicy is Always, IfNotPresent or Never.
-	PullPolicy string
-	// Port is where the metrics proxy listens; prometheus.io/port is
-	// rewritten to it.
-	Port int32
-	// CPURequest, MemoryRequest, CPULimit and MemoryLimit are Kubernetes
-	// quantities in canonical form; empty leaves one out.
-	CPURequest, MemoryRequest, CPULimit, MemoryLimit string
-	// Native injects a native sidecar: the first init container, with
-	// restartPolicy Always (Kubernetes 1.29+).
-	Native bool
-	// FinalScrapeWait is how long a terminating sidecar waits for one more
-	// scrape; the pod's grace period is raised to cover it.
-	FinalScrapeWait time.Duration
-	// LeaseURL is the lease API base URL the sidecar renews through.
-	LeaseURL string
+// patchOperation is one RFC 6902 operation. The webhook only adds: an
+// "add" also replaces an existing object member.
+type patchOperation struct {
+	Op    string `json:"op"`
+	Path  string `json:"path"`
+	Value any    `json:"value"`
 }
 
-// GraceMargin is added to the final scrape wait for the pod's
-// terminationGracePeriodSeconds: the sidecar still has to stop and release
-// its slot after the last scrape.
-const GraceMargin = 10 * time.Second
-
-// defaultGracePeriod is what Kubernetes uses when the pod sets none.
-const defaultGracePeriod = 30
-
-func (s *Sidecar) validate() error {
-	switch {
-	case s.Image == "":
-		return errors.New("admission: the sidecar image is required")
-	case s.Port < 1 || s.Port > 65535:
-		return fmt.Errorf("admission: sidecar port %d must be from 1 to 65535", s.Port)
-	case s.PullPolicy != "Always" && s.PullPolicy != "IfNotPresent" && s.PullPolicy != "Never":
-		return fmt.Errorf("admission: sidecar image pull policy %q must be Always, IfNotPresent or Never", s.PullPolicy)
-	case s.FinalScrapeWait < 0:
-		return fmt.Errorf("admission: final scrape wait %s must not be negative", s.FinalScrapeWait)
-	}
-	return nil
-}
-
-// template holds the parts of the sidecar container that never change,
-// encoded once: the patch for one pod appends them around its env.
-type template struct {
-	head []byte // {"name":...,"image":...,"imagePullPolicy":...,"command":[...],"ports":[...],
-	tail []byte // ,"resources":...,"securityContext":...}
-	port int32
-	// gracePeriod is the lowest terminationGracePeriodSeconds a pod keeps.
-	gracePeriod      int64
-	finalScrapeWait  string
-	leaseURL         string
-	listenAddressEnv string
-}
-
-func newTemplate(s Sidecar) (*template, error) {
-	if err := s.validate(); err != nil {
-		return nil, err
-	}
-	t := &template{
-		port:             s.Port,
-		gracePeriod:      int64((s.FinalScrapeWait + GraceMargin + time.Second - 1) / time.Second),
-		finalScrapeWait:  s.FinalScrapeWait.String(),
-		leaseURL:         s.LeaseURL,
-		listenAddressEnv: ":" + strconv.Itoa(int(s.Port)),
-	}
-	h := []byte(`{"name":"` + ContainerName + `","image":`)
-	h = appendString(h, s.Image)
-	h = append(h, `,"imagePullPolicy":`...)
-	h = appendString(h, s.PullPolicy)
-	h = append(h, `,"command":["`+SidecarCommand+`"],"ports":[{"name":"`+SidecarPortName+`","containerPort":`...)
-	h = appendInt(h, int64(s.Port))
-	h = append(h, `,"protocol":"TCP"}],`...)
-	t.head = h
-
-	tail := []byte(`,"resources":{`)
-	tail = appendQuantities(tail, "requests", map[string]string{"cpu": s.CPURequest, "memory": s.MemoryRequest})
-	if s.CPULimit != "" || s.MemoryLimit != "" {
-		if s.CPURequest != "" || s.MemoryRequest != "" {
-			tail = append(tail, ',')
-		}
-		tail = appendQuantities(tail, "limits", map[string]string{"cpu": s.CPULimit, "memory": s.MemoryLimit})
-	}
-	tail = append(tail, `},"securityContext":{"runAsNonRoot":true,"runAsUser":65532,"runAsGroup":65532,`+
-		`"allowPrivilegeEscalation":false,"readOnlyRootFilesystem":true,`+
-		`"capabilities":{"drop":["ALL"]},"seccompProfile":{"type":"RuntimeDefault"}}`...)
-	if s.Native {
-		tail = append(tail, `,"restartPolicy":"Always"`...)
-	}
-	tail = append(tail, `,"terminationMessagePolicy":"FallbackToLogsOnError"}`...)
-	t.tail = tail
-	return t, nil
-}
-
-func appendQuantities(b []byte, field string, q map[string]string) []byte {
-	if q["cpu"] == "" && q["memory"] == "" {
-		return b
-	}
-	b = append(b, '"')
-	b = append(b, field...)
-	b = append(b, `":{`...)
-	first := true
-	for _, name := range []string{"cpu", "memory"} {
-		if q[name] == "" {
-			continue
-		}
-		if !first {
-			b = append(b, ',')
-		}
-		first = false
-		b = append(b, '"')
-		b = append(b, name...)
-		b = append(b, `":`...)
-		b = appendString(b, q[name])
-	}
-	return append(b, '}')
-}
-
-// leaseEnv is the semaphore part of the sidecar's environment. Slot and
-// holder are absent when no slot was taken (dry run, or no quorum under the
-// allow policy): the sidecar then takes one itself.
+// leaseEnv is the semaphore part of the sidecar's environment. lease is nil
+// when no slot was taken (dry run, or no quorum under the allow policy):
+// the sidecar then takes one itself.
 type leaseEnv struct {
 	namespace, key string
 	size           int
@@ -138,121 +29,101 @@ type leaseEnv struct {
 	ca             []byte
 }
 
-// appendPatch appends the RFC 6902 patch for one pod: the sidecar, the
-// webhook's annotations, the rewritten port annotation and the raised grace
-// period. Every operation is an "add", which also replaces an existing
-// object member.
-func (t *template) appendPatch(b []byte, pod *podView, p *plan, lease *leaseEnv, native bool) []byte {
-	grace := int64(defaultGracePeriod)
-	raiseGrace := false
-	if tg := pod.Spec.TerminationGracePeriodSeconds; tg != nil {
-		grace = *tg
+// patch is the RFC 6902 patch for one pod: the webhook's annotations, the
+// rewritten port annotation, the sidecar and the raised grace period.
+func (in *injection) patch(p *plan, lease *leaseEnv) ([]byte, error) {
+	grace := gracePeriodFor(&p.gracePeriod, p.scrapeInterval)
+	sidecar, err := in.sidecarJSON(p, lease, grace)
+	if err != nil {
+		return nil, err
 	}
-	if grace < t.gracePeriod {
-		grace, raiseGrace = t.gracePeriod, true
-	}
-
-	b = append(b, '[')
-	// Annotations.
-	var slot, holder string
+	ops := in.annotationOps(p, lease)
 	if lease != nil && lease.lease != nil {
-		slot, holder = strconv.Itoa(lease.lease.Slot), lease.lease.Holder
+		ops = append(ops, holderLabelOp(p, lease.lease.Holder))
 	}
-	sidecarPort := strconv.Itoa(int(t.port))
-	if pod.Metadata.Annotations == nil {
-		b = append(b, `{"op":"add","path":"/metadata/annotations","value":{`...)
-		b = appendString(b, AnnotationInjected)
-		b = append(b, `:"true",`...)
-		b = appendString(b, AnnotationPort)
-		b = append(b, ':')
-		b = appendString(b, sidecarPort)
-		if holder != "" {
-			b = append(b, ',')
-			b = appendString(b, AnnotationSemaphoreSlot)
-			b = append(b, ':')
-			b = appendString(b, slot)
-			b = append(b, ',')
-			b = appendString(b, AnnotationHolder)
-			b = append(b, ':')
-			b = appendString(b, holder)
-		}
-		b = append(b, `}},`...)
-	} else {
-		b = appendAnnotation(b, AnnotationInjected, "true")
-		b = appendAnnotation(b, AnnotationPort, sidecarPort)
-		if holder != "" {
-			b = appendAnnotation(b, AnnotationSemaphoreSlot, slot)
-			b = appendAnnotation(b, AnnotationHolder, holder)
-		}
+	ops = append(ops, in.containerOp(p, sidecar))
+	ops = append(ops, patchOperation{Op: "add", Path: "/spec/terminationGracePeriodSeconds", Value: grace})
+	if in.native {
+		ops = append(ops, preStopOps(p.containers, in.port)...)
 	}
-	if holder != "" {
-		b = appendHolderLabel(b, pod, holder)
-	}
+	return json.Marshal(ops)
+}
 
-	// The container.
+func (in *injection) annotationOps(p *plan, lease *leaseEnv) []patchOperation {
+	ann := [][2]string{
+		{AnnotationInjected, "true"},
+		{AnnotationPort, strconv.Itoa(int(in.port))},
+	}
+	if lease != nil && lease.lease != nil {
+		ann = append(ann,
+			[2]string{AnnotationSemaphoreSlot, strconv.Itoa(lease.lease.Slot)},
+			[2]string{AnnotationHolder, lease.lease.Holder})
+	}
+	if !p.hasAnnotations {
+		m := make(map[string]string, len(ann))
+		for _, kv := range ann {
+			m[kv[0]] = kv[1]
+		}
+		return []patchOperation{{Op: "add", Path: "/metadata/annotations", Value: m}}
+	}
+	ops := make([]patchOperation, 0, len(ann)+2)
+	for _, kv := range ann {
+		ops = append(ops, patchOperation{Op: "add", Path: annotationPath(kv[0]), Value: kv[1]})
+	}
+	return ops
+}
+
+// annotationPath is the JSON pointer of an annotation: "~" and "/" in the
+// key are escaped as RFC 6901 asks.
+func annotationPath(key string) string {
+	return "/metadata/annotations/" + pointerEscaper.Replace(key)
+}
+
+var pointerEscaper = strings.NewReplacer("~", "~0", "/", "~1")
+
+func (in *injection) containerOp(p *plan, c json.RawMessage) patchOperation {
 	switch {
-	case !native:
-		b = append(b, `{"op":"add","path":"/spec/containers/-","value":`...)
-	case len(pod.Spec.InitContainers) == 0:
-		b = append(b, `{"op":"add","path":"/spec/initContainers","value":[`...)
+	case !in.native:
+		return patchOperation{Op: "add", Path: "/spec/containers/-", Value: c}
+	case p.initContainers == 0:
+		return patchOperation{Op: "add", Path: "/spec/initContainers", Value: []json.RawMessage{c}}
 	default:
-		// First, so that it runs before the other init containers and
-		// is up before the application's containers start.
-		b = append(b, `{"op":"add","path":"/spec/initContainers/0","value":`...)
+		// First, so that it runs before the other init containers and is
+		// up before the application's containers start.
+		return patchOperation{Op: "add", Path: "/spec/initContainers/0", Value: c}
 	}
-	b = append(b, t.head...)
-	b = append(b, `"env":[`...)
-	b = appendEnv(b, "PMPH_LISTEN_ADDRESS", t.listenAddressEnv, false)
-	up := make([]byte, 0, 32+len(p.path))
-	up = append(up, "http://127.0.0.1:"...)
-	up = appendInt(up, int64(p.port))
-	up = append(up, p.path...)
-	b = appendEnv(b, "PMPH_UPSTREAM", string(up), true)
-	b = appendEnv(b, "PMPH_GRACE_PERIOD", strconv.FormatInt(grace, 10)+"s", true)
-	b = appendEnv(b, "PMPH_FINAL_SCRAPE_WAIT", t.finalScrapeWait, true)
+}
+
+// sidecarJSON is the sidecar container with the pod's environment.
+func (in *injection) sidecarJSON(p *plan, lease *leaseEnv, grace int64) (json.RawMessage, error) {
+	env := make([]corev1.EnvVar, 0, 12)
+	add := func(name, value string) { env = append(env, corev1.EnvVar{Name: name, Value: value}) }
+	add("PMPH_LISTEN_ADDRESS", in.listenAddressEnv)
+	add("PMPH_UPSTREAM", "http://127.0.0.1:"+strconv.Itoa(int(p.metricsPort))+p.metricsPath)
+	add("PMPH_GRACE_PERIOD", strconv.FormatInt(grace, 10)+"s")
+	add("PMPH_SCRAPE_INTERVAL", p.scrapeInterval.String())
+	if in.native {
+		add("PMPH_NATIVE_SIDECAR", "true")
+	}
 	if lease != nil {
-		b = appendEnv(b, "PMPH_LEASE_URL", t.leaseURL, true)
+		add("PMPH_LEASE_URL", in.leaseURL)
 		if len(lease.ca) > 0 {
-			b = appendEnv(b, "PMPH_LEASE_CA", string(lease.ca), true)
+			add("PMPH_LEASE_CA", string(lease.ca))
 		}
-		b = appendEnv(b, "PMPH_LEASE_NAMESPACE", lease.namespace, true)
-		b = appendEnv(b, "PMPH_LEASE_KEY", lease.key, true)
-		b = appendEnv(b, "PMPH_LEASE_SIZE", strconv.Itoa(lease.size), true)
-		if holder != "" {
-			b = appendEnv(b, "PMPH_LEASE_SLOT", slot, true)
-			b = appendEnv(b, "PMPH_LEASE_HOLDER", holder, true)
+		add("PMPH_LEASE_NAMESPACE", lease.namespace)
+		add("PMPH_LEASE_KEY", lease.key)
+		add("PMPH_LEASE_SIZE", strconv.Itoa(lease.size))
+		if lease.lease != nil {
+			add("PMPH_LEASE_SLOT", strconv.Itoa(lease.lease.Slot))
+			add("PMPH_LEASE_HOLDER", lease.lease.Holder)
 		}
 	}
-	b = append(b, ']')
-	b = append(b, t.tail...)
-	if native && len(pod.Spec.InitContainers) == 0 {
-		b = append(b, ']')
+	envJSON, err := json.Marshal(env)
+	if err != nil {
+		return nil, fmt.Errorf("encoding the sidecar's environment: %w", err)
 	}
-	b = append(b, '}')
-
-	if raiseGrace {
-		b = append(b, `,{"op":"add","path":"/spec/terminationGracePeriodSeconds","value":`...)
-		b = appendInt(b, grace)
-		b = append(b, '}')
-	}
-	return append(b, ']')
-}
-
-func appendAnnotation(b []byte, key, value string) []byte {
-	b = append(b, `{"op":"add","path":`...)
-	b = appendPointerString(b, "/metadata/annotations/", key)
-	b = append(b, `,"value":`...)
-	b = appendString(b, value)
-	return append(b, `},`...)
-}
-
-func appendEnv(b []byte, name, value string, comma bool) []byte {
-	if comma {
-		b = append(b, ',')
-	}
-	b = append(b, `{"name":"`...)
-	b = append(b, name...)
-	b = append(b, `","value":`...)
-	b = appendString(b, value)
-	return append(b, '}')
+	// The container is an object: its env can come first.
+	c := make(json.RawMessage, 0, len(`{"env":,`)+len(envJSON)+len(in.containerJSON))
+	c = append(append(append(c, `{"env":`...), envJSON...), ',')
+	return append(c, in.containerJSON[1:]...), nil
 }

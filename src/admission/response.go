@@ -1,74 +1,59 @@
 package admission
 
-import "encoding/base64"
+import (
+	"encoding/json"
 
-// answer is an admission decision as the response encodes it.
+	admissionv1 "k8s.io/api/admission/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// denial is an admission refusal: the HTTP-like code the API server passes
+// on to the client, the metrics reason, and the message kubectl shows.
+type denial struct {
+	code    int32
+	reason  reason
+	message string
+}
+
+// answer is the AdmissionResponse of a decision, without its uid.
 type answer struct {
-	allowed bool
-	// code, statusReason and message form the status of a denial.
-	code         int32
-	statusReason string
-	message      string
-	patch        []byte
-	warnings     []string
+	denial   *denial // nil: allowed
+	patch    []byte
+	warnings []string
 }
 
-const responseHead = `{"apiVersion":"` + reviewAPIVersion + `","kind":"AdmissionReview","response":{"uid":`
-
-// appendAllowed is the whole answer of the fast path.
-func appendAllowed(b, uid []byte) []byte {
-	b = append(b, responseHead...)
-	b = append(b, uid...)
-	return append(b, `,"allowed":true}}`...)
-}
-
-// appendResponse encodes an AdmissionReview v1 response by hand: it is a
-// handful of fields, and encoding/json's reflection would cost more than
-// the rest of the fast path.
-func appendResponse(b, uid []byte, a *answer) []byte {
-	b = append(b, responseHead...)
-	b = append(b, uid...)
-	if a.allowed {
-		b = append(b, `,"allowed":true`...)
-	} else {
-		b = append(b, `,"allowed":false,"status":{"metadata":{},"status":"Failure","message":`...)
-		b = appendString(b, a.message)
-		b = append(b, `,"reason":`...)
-		b = appendString(b, a.statusReason)
-		b = append(b, `,"code":`...)
-		b = appendInt(b, int64(a.code))
-		b = append(b, '}')
+// encodeReview encodes the AdmissionReview v1 that carries the answer.
+func encodeReview(uid types.UID, a *answer) ([]byte, error) {
+	resp := &admissionv1.AdmissionResponse{UID: uid, Allowed: a.denial == nil, Warnings: a.warnings}
+	if a.denial != nil {
+		resp.Result = &metav1.Status{
+			Status: metav1.StatusFailure, Message: a.denial.message,
+			Reason: statusReason(a.denial.code), Code: a.denial.code,
+		}
 	}
 	if len(a.patch) > 0 {
-		b = append(b, `,"patchType":"JSONPatch","patch":"`...)
-		b = base64.StdEncoding.AppendEncode(b, a.patch)
-		b = append(b, '"')
+		resp.Patch = a.patch
+		resp.PatchType = pointerTo(admissionv1.PatchTypeJSONPatch)
 	}
-	if len(a.warnings) > 0 {
-		b = append(b, `,"warnings":[`...)
-		for i, w := range a.warnings {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = appendString(b, w)
-		}
-		b = append(b, ']')
-	}
-	return append(b, `}}`...)
+	return json.Marshal(&admissionv1.AdmissionReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: reviewAPIVersion, Kind: "AdmissionReview"},
+		Response: resp,
+	})
 }
 
 // statusReason is the metav1.StatusReason for a denial's code; kubectl
 // prints it in parentheses before the message.
-func statusReason(code int32) string {
+func statusReason(code int32) metav1.StatusReason {
 	switch code {
 	case 400:
-		return "BadRequest"
+		return metav1.StatusReasonBadRequest
 	case 403:
-		return "Forbidden"
+		return metav1.StatusReasonForbidden
 	case 429:
-		return "TooManyRequests"
+		return metav1.StatusReasonTooManyRequests
 	case 503:
-		return "ServiceUnavailable"
+		return metav1.StatusReasonServiceUnavailable
 	}
-	return "InternalError"
+	return metav1.StatusReasonInternalError
 }

@@ -3,48 +3,12 @@ package admission
 import (
 	"errors"
 	"fmt"
+	"strings"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/jsonscan"
+	admissionv1 "k8s.io/api/admission/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	kjson "sigs.k8s.io/json"
 )
-
-// review is the part of an AdmissionReview v1 request the handler reads.
-// Byte slices point into the request body.
-// Strings are kept as bytes (no copy, no allocation) until a log line or a
-// semaphore name needs them.
-type review struct {
-	// uid is the raw JSON string token of request.uid, echoed verbatim.
-	uid       []byte
-	uidEsc    bool
-	group     []byte // request.kind.group
-	version   []byte // request.kind.version
-	kind      []byte // request.kind.kind
-	subRes    []byte // request.subResource
-	operation []byte
-	namespace []byte
-	dryRun    bool
-	// object is request.object, nil when absent or null.
-	object []byte
-
-	// When kind and operation come before the object (as the API server
-	// writes them) and make it a Pod CREATE, the object is read as it is
-	// validated: objectRead is set, and gate, opted, pod and podErr hold
-	// what readObject answered.
-	objectRead bool
-	gate       gate
-	opted      bool
-	pod        podView
-	podErr     error
-
-	// kept holds uid and namespace once the body is given back (detach).
-	kept [96]byte
-}
-
-// isPodCreate reports whether the request is a Pod CREATE, the only one
-// the webhook looks into.
-func (r *review) isPodCreate() bool {
-	return string(r.kind) == "Pod" && len(r.group) == 0 && string(r.version) == "v1" && len(r.subRes) == 0 &&
-		string(r.operation) == "CREATE"
-}
 
 // reviewAPIVersion is the only AdmissionReview version served; the webhook
 // configuration asks the API server for it.
@@ -53,173 +17,91 @@ const reviewAPIVersion = "admission.k8s.io/v1"
 // errBadReview is wrapped by every error that makes the request a 400.
 var errBadReview = errors.New("bad admission review")
 
-// parseReview reads an AdmissionReview without decoding the object. The
-// whole document is validated.
-func parseReview(body []byte, r *review) error {
-	s := scanner{jsonscan.Scanner{Data: body}}
-	sawRequest := false
-	err := s.Object(func(key []byte, esc bool) error {
-		switch {
-		case jsonscan.EqualsKey(key, esc, "apiVersion"):
-			if s.IsNull() {
-				return nil
-			}
-			v, err := s.Text()
-			if err != nil {
-				return err
-			}
-			if v != reviewAPIVersion {
-				return fmt.Errorf("%w: apiVersion %q is not served; send %s", errBadReview, v, reviewAPIVersion)
-			}
-			return nil
-		case jsonscan.EqualsKey(key, esc, "kind"):
-			if s.IsNull() {
-				return nil
-			}
-			v, err := s.Text()
-			if err != nil {
-				return err
-			}
-			if v != "AdmissionReview" {
-				return fmt.Errorf("%w: kind %q is not AdmissionReview", errBadReview, v)
-			}
-			return nil
-		case jsonscan.EqualsKey(key, esc, "request"):
-			if s.IsNull() {
-				return nil
-			}
-			sawRequest = true
-			return parseRequest(&s, r)
-		default:
-			return s.Skip()
-		}
-	})
-	if err == nil {
-		err = s.End()
+// podReview is an AdmissionReview v1 whose object is decoded as a pod in
+// the same pass as the review.
+type podReview struct {
+	metav1.TypeMeta `json:",inline"`
+	Request         *podRequest `json:"request"`
+}
+
+// podRequest is an AdmissionRequest with its object decoded as a pod: the
+// pod is most of a review's bytes, and decoding it again from the raw
+// object would read it twice more.
+type podRequest struct {
+	admissionv1.AdmissionRequest `json:",inline"`
+	// Object shadows AdmissionRequest.Object; nil when absent or null.
+	Object *podObject `json:"object"`
+	// objectErr is why the object could not be decoded as a pod; Object
+	// then holds what could be.
+	objectErr error
+}
+
+// decodeReview decodes an AdmissionReview v1 and returns its request.
+//
+// Member names must match exactly, as the API server writes them and as
+// the patch's JSON pointers address them. Members k8s.io/api does not know
+// are ignored: an API server newer than this build sends some, and with
+// failurePolicy Fail refusing them would refuse every pod.
+func decodeReview(body []byte) (*podRequest, error) {
+	var rv podReview
+	if err := kjson.UnmarshalCaseSensitivePreserveInts(body, &rv); err != nil {
+		return decodeReviewThenObject(body)
 	}
-	if err != nil {
-		if errors.Is(err, errBadReview) {
-			return err
-		}
-		return fmt.Errorf("%w: the body is not a valid AdmissionReview: %w", errBadReview, err)
+	if err := checkEnvelope(rv.TypeMeta, rv.Request != nil, rv.Request != nil && rv.Request.UID != ""); err != nil {
+		return nil, err
 	}
-	if !sawRequest {
+	return rv.Request, nil
+}
+
+// decodeReviewThenObject decodes a review that does not decode in one pass:
+// the review first, which makes the request a 400 if it is malformed, then
+// its object, whose error is the pod's.
+func decodeReviewThenObject(body []byte) (*podRequest, error) {
+	var rv admissionv1.AdmissionReview
+	if err := kjson.UnmarshalCaseSensitivePreserveInts(body, &rv); err != nil {
+		return nil, fmt.Errorf("%w: the body is not a valid AdmissionReview: %w", errBadReview, jsonError(err))
+	}
+	if err := checkEnvelope(rv.TypeMeta, rv.Request != nil, rv.Request != nil && rv.Request.UID != ""); err != nil {
+		return nil, err
+	}
+	req := &podRequest{AdmissionRequest: *rv.Request}
+	if raw := rv.Request.Object.Raw; raw != nil {
+		req.Object = &podObject{}
+		// On a field of the wrong type the decoder goes on and reports
+		// the first such error at the end: the annotations are read even
+		// from a pod it cannot decode whole.
+		req.objectErr = kjson.UnmarshalCaseSensitivePreserveInts(raw, req.Object)
+	}
+	req.AdmissionRequest.Object.Raw = nil
+	return req, nil
+}
+
+func checkEnvelope(tm metav1.TypeMeta, hasRequest, hasUID bool) error {
+	switch {
+	case tm.APIVersion != "" && tm.APIVersion != reviewAPIVersion:
+		return fmt.Errorf("%w: apiVersion %q is not served; send %s", errBadReview, tm.APIVersion, reviewAPIVersion)
+	case tm.Kind != "" && tm.Kind != "AdmissionReview":
+		return fmt.Errorf("%w: kind %q is not AdmissionReview", errBadReview, tm.Kind)
+	case !hasRequest:
 		return fmt.Errorf("%w: the AdmissionReview has no request", errBadReview)
-	}
-	if r.uid == nil || len(r.uid) == 2 {
+	case !hasUID:
 		return fmt.Errorf("%w: the AdmissionReview request has no uid", errBadReview)
 	}
 	return nil
 }
 
-// scanner is the fast path's JSON cursor, with the readers of the review's
-// and the pod's fields defined on it.
-type scanner struct{ jsonscan.Scanner }
+// maxJSONDepth is the nesting limit of the decoder (sigs.k8s.io/json, as
+// encoding/json).
+const maxJSONDepth = 10000
 
-func parseRequest(s *scanner, r *review) error {
-	return s.Object(func(key []byte, esc bool) error {
-		// Compare the short keys directly: no escapes in what the API
-		// server writes, and equalsKey handles the rest.
-		switch {
-		case jsonscan.EqualsKey(key, esc, "uid"):
-			if s.IsNull() {
-				return nil
-			}
-			raw, escaped, err := s.Str()
-			if err != nil {
-				return err
-			}
-			r.uid, r.uidEsc = raw, escaped
-			return nil
-		case jsonscan.EqualsKey(key, esc, "kind"):
-			if s.IsNull() {
-				return nil
-			}
-			return s.Object(func(k []byte, e bool) error {
-				var dst *[]byte
-				switch {
-				case jsonscan.EqualsKey(k, e, "group"):
-					dst = &r.group
-				case jsonscan.EqualsKey(k, e, "version"):
-					dst = &r.version
-				case jsonscan.EqualsKey(k, e, "kind"):
-					dst = &r.kind
-				default:
-					return s.Skip()
-				}
-				return s.optBytes(dst)
-			})
-		case jsonscan.EqualsKey(key, esc, "subResource"):
-			return s.optBytes(&r.subRes)
-		case jsonscan.EqualsKey(key, esc, "operation"):
-			return s.optBytes(&r.operation)
-		case jsonscan.EqualsKey(key, esc, "namespace"):
-			return s.optBytes(&r.namespace)
-		case jsonscan.EqualsKey(key, esc, "dryRun"):
-			v, err := s.Boolean()
-			r.dryRun = v
-			return err
-		case jsonscan.EqualsKey(key, esc, "object"):
-			r.objectRead, r.opted, r.podErr, r.gate, r.pod = false, false, nil, gate{}, podView{}
-			if s.IsNull() {
-				r.object = nil
-				return nil
-			}
-			s.SkipSpace()
-			from := s.Pos
-			if r.isPodCreate() {
-				opted, err := s.readObject(&r.pod, &r.gate)
-				if err == nil {
-					r.object, r.objectRead, r.opted = s.Data[from:s.Pos], true, opted
-					return nil
-				}
-				// Not a pod the webhook can read: tell a syntax error
-				// (the review is refused) from a pod of the wrong shape
-				// (the pod is denied, or passed if it did not opt in).
-				s.Pos = from
-				if serr := s.Skip(); serr != nil {
-					return serr
-				}
-				r.object, r.objectRead, r.opted, r.podErr = s.Data[from:s.Pos], true, opted, err
-				return nil
-			}
-			v, err := s.Span()
-			r.object = v
-			return err
-		default:
-			return s.Skip()
-		}
-	})
-}
-
-// optText reads a string or null into dst.
-func (s *scanner) optText(dst *string) (err error) {
-	*dst, err = s.OptText()
-	return err
-}
-
-// optBytes reads a string or null into dst: the bytes of the input when the
-// string has no escapes.
-func (s *scanner) optBytes(dst *[]byte) (err error) {
-	if s.IsNull() {
-		*dst = nil
-		return nil
+// jsonError says where a syntax error is, and names the nesting limit the
+// decoder reports only as "exceeded max depth".
+func jsonError(err error) error {
+	if strings.Contains(err.Error(), "exceeded max depth") {
+		return fmt.Errorf("the JSON is nested deeper than %d levels", maxJSONDepth)
 	}
-	*dst, err = s.Bytes()
-	return err
-}
-
-// uidText is the uid for logs.
-func (r *review) uidText() string {
-	if r.uid == nil {
-		return ""
+	if isSyntax, offset := kjson.SyntaxErrorOffset(err); isSyntax {
+		return fmt.Errorf("%w at byte %d", err, offset)
 	}
-	return jsonscan.Unquote(r.uid, r.uidEsc)
-}
-
-// gate is what the fast path reads of a pod: the two annotations that decide
-// whether the pod is looked at any closer.
-type gate struct {
-	optIn, injected       string
-	hasOptIn, hasInjected bool
+	return err
 }

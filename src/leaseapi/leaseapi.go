@@ -138,9 +138,9 @@ func (r AcquireRequest) Validate() error {
 	return nil
 }
 
-// sentence makes an error a message for users: capitalised, ending with a
-// period.
-func sentence(err error) string {
+// Sentence makes an error a message for users: capitalised, ending with a
+// period. The webhook's admission answers use it too.
+func Sentence(err error) string {
 	s := err.Error()
 	if s == "" {
 		return s
@@ -156,5 +156,5 @@ func sentence(err error) string {
 
 // Failure is the ErrorResponse for err, with its message made a sentence.
 func Failure(reason string, err error) ErrorResponse {
-	return ErrorResponse{Error: sentence(err), Reason: reason}
+	return ErrorResponse{Error: Sentence(err), Reason: reason}
 }

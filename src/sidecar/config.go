@@ -26,7 +26,17 @@ type Config struct {
 	UpstreamTimeout time.Duration
 	CacheMaxBytes   int64
 	GracePeriod     time.Duration
-	FinalScrapeWait time.Duration
+	// ScrapeInterval is the longest scrape interval of the Prometheus
+	// servers that scrape the pod: after the app stopped, the sidecar
+	// waits up to this plus FinalScrapeMargin for their final scrapes.
+	ScrapeInterval time.Duration
+	// FinalFetchInterval paces the fetches of the app's metrics from the
+	// start of the termination until the app stops answering.
+	FinalFetchInterval time.Duration
+	// Native is set when the sidecar runs as a native sidecar: the app
+	// starts only after its startup probe passed, and has exited when the
+	// sidecar gets its signal.
+	Native bool
 	// Lease is nil when the pod has no semaphore.
 	Lease     *LeaseConfig
 	LogLevel  zerolog.Level
@@ -60,7 +70,9 @@ func settings() []setting {
 		{"upstream-timeout", "PMPH_UPSTREAM_TIMEOUT", "8s", "bound on one request to the app (a lower Prometheus scrape timeout lowers it)"},
 		{"cache-max-bytes", "PMPH_CACHE_MAX_BYTES", "16777216", "cap of the last good bodies kept for the final scrape"},
 		{"grace-period", "PMPH_GRACE_PERIOD", "30s", "the pod's terminationGracePeriodSeconds"},
-		{"final-scrape-wait", "PMPH_FINAL_SCRAPE_WAIT", "40s", "bound on waiting for one scrape after SIGTERM (also bounded by the grace period minus a margin)"},
+		{"scrape-interval", "PMPH_SCRAPE_INTERVAL", "60s", "the longest scrape interval of the pod's Prometheus servers; after the app stopped the sidecar waits up to this plus 5s for their final scrapes"},
+		{"final-fetch-interval", "PMPH_FINAL_FETCH_INTERVAL", "500ms", "time between fetches of the app's metrics from the start of the termination until the app stops answering"},
+		{"native-sidecar", "PMPH_NATIVE_SIDECAR", "false", "true when injected as a native sidecar (the app starts after the startup probe passed and stops before the sidecar)"},
 		{"lease-url", "PMPH_LEASE_URL", "", "the webhook's lease API base URL"},
 		{"lease-ca-file", "PMPH_LEASE_CA_FILE", "", "CA bundle file for the lease API (PMPH_LEASE_CA holds it inline)"},
 		{"lease-namespace", "PMPH_LEASE_NAMESPACE", "", "semaphore namespace (the pod's)"},
@@ -141,7 +153,13 @@ func ParseConfig(args []string, lookupEnv func(string) (string, bool), readFile 
 	if cfg.GracePeriod, err = v.duration("grace-period", false); err != nil {
 		return Config{}, err
 	}
-	if cfg.FinalScrapeWait, err = v.duration("final-scrape-wait", true); err != nil {
+	if cfg.ScrapeInterval, err = v.duration("scrape-interval", false); err != nil {
+		return Config{}, err
+	}
+	if cfg.FinalFetchInterval, err = v.duration("final-fetch-interval", false); err != nil {
+		return Config{}, err
+	}
+	if cfg.Native, err = v.boolean("native-sidecar"); err != nil {
 		return Config{}, err
 	}
 	if cfg.LogLevel, err = v.logLevel("log-level"); err != nil {
@@ -202,6 +220,15 @@ func (vs values) duration(key string, zeroOK bool) (time.Duration, error) {
 		return 0, v.errorf("must be a positive duration such as 30s")
 	}
 	return d, nil
+}
+
+func (vs values) boolean(key string) (bool, error) {
+	v := vs[key]
+	b, err := strconv.ParseBool(v.raw)
+	if err != nil {
+		return false, v.errorf("must be true or false")
+	}
+	return b, nil
 }
 
 func (vs values) int64(key string, lo, hi int64) (int64, error) {

@@ -52,7 +52,7 @@ func TestParseConfigDefaults(t *testing.T) {
 	}
 	want := sidecar.Config{
 		ListenAddress: ":65532", UpstreamTimeout: 8 * time.Second, CacheMaxBytes: 16 << 20,
-		GracePeriod: 30 * time.Second, FinalScrapeWait: 40 * time.Second, LogLevel: zerolog.InfoLevel, LogFormat: "json",
+		GracePeriod: 30 * time.Second, ScrapeInterval: time.Minute, FinalFetchInterval: 500 * time.Millisecond, LogLevel: zerolog.InfoLevel, LogFormat: "json",
 	}
 	if cfg.Upstream.String() != "http://127.0.0.1:8080/metrics" {
 		t.Errorf("upstream %s", cfg.Upstream)
@@ -95,12 +95,17 @@ func TestParseConfig(t *testing.T) {
 					t.Errorf("path %q", c.Upstream.Path)
 				}
 			}},
-		{name: "zero final-scrape wait allowed", args: []string{"--final-scrape-wait=0s"},
+		{name: "scrape interval, fetch interval and native mode from env as the webhook writes them",
+			env: map[string]string{"PMPH_SCRAPE_INTERVAL": "15s", "PMPH_FINAL_FETCH_INTERVAL": "250ms", "PMPH_NATIVE_SIDECAR": "true"},
 			check: func(t *testing.T, c sidecar.Config) {
-				if c.FinalScrapeWait != 0 {
-					t.Errorf("wait %s", c.FinalScrapeWait)
+				if c.ScrapeInterval != 15*time.Second || c.FinalFetchInterval != 250*time.Millisecond || !c.Native {
+					t.Errorf("got %+v", c)
 				}
 			}},
+		{name: "zero scrape interval", args: []string{"--scrape-interval=0s"},
+			wantErr: `--scrape-interval "0s" must be a positive duration such as 30s`},
+		{name: "bad native flag", env: map[string]string{"PMPH_NATIVE_SIDECAR": "yes please"},
+			wantErr: `PMPH_NATIVE_SIDECAR "yes please" must be true or false`},
 		{name: "lease from env as the webhook writes it", env: leaseEnv(nil),
 			check: func(t *testing.T, c sidecar.Config) {
 				l := c.Lease
@@ -135,8 +140,8 @@ func TestParseConfig(t *testing.T) {
 			wantErr: `PMPH_GRACE_PERIOD "30" must be a Go duration such as 30s or 5m`},
 		{name: "zero grace period", args: []string{"--grace-period=0s"},
 			wantErr: `--grace-period "0s" must be a positive duration such as 30s`},
-		{name: "negative wait", args: []string{"--final-scrape-wait=-1s"},
-			wantErr: `--final-scrape-wait "-1s" must not be negative`},
+		{name: "negative fetch interval", args: []string{"--final-fetch-interval=-1s"},
+			wantErr: `--final-fetch-interval "-1s" must be a positive duration such as 30s`},
 		{name: "negative cache", env: map[string]string{"PMPH_CACHE_MAX_BYTES": "-1"},
 			wantErr: `PMPH_CACHE_MAX_BYTES "-1" must be an integer from 0 to 1099511627776`},
 		{name: "bad listen address", args: []string{"--listen-address=65532"},
@@ -211,23 +216,23 @@ func TestParseConfigHelp(t *testing.T) {
 
 func TestPlanTermination(t *testing.T) {
 	tests := []struct {
-		grace, wait          time.Duration
+		grace                time.Duration
 		wantWait, wantWithin time.Duration
 	}{
-		// The webhook raises the grace period to the wait plus 10 s.
-		{50 * time.Second, 40 * time.Second, 40 * time.Second, 48 * time.Second},
-		// A hand-run sidecar with defaults: the grace period cuts the wait.
-		{30 * time.Second, 40 * time.Second, 25 * time.Second, 28 * time.Second},
-		{10 * time.Second, 5 * time.Second, 5 * time.Second, 8 * time.Second},
-		{5 * time.Second, 40 * time.Second, 4*time.Second - 4*time.Second/3, 4 * time.Second},
-		{time.Second, 40 * time.Second, 800*time.Millisecond - 800*time.Millisecond/3, 800 * time.Millisecond},
-		{30 * time.Second, 0, 0, 28 * time.Second},
+		// The webhook's grace period for a pod of its own 30 s and a 60 s
+		// scrape interval: 30 + 60 + 10.
+		{100 * time.Second, 95 * time.Second, 98 * time.Second},
+		{30 * time.Second, 25 * time.Second, 28 * time.Second},
+		{10 * time.Second, 8*time.Second - 8*time.Second/3, 8 * time.Second},
+		{5 * time.Second, 4*time.Second - 4*time.Second/3, 4 * time.Second},
+		{time.Second, 800*time.Millisecond - 800*time.Millisecond/3, 800 * time.Millisecond},
+		{0, 0, 0},
 	}
 	for _, tt := range tests {
-		got := sidecar.PlanTermination(tt.grace, tt.wait)
-		if got.WaitFor != tt.wantWait || got.ExitWithin != tt.wantWithin {
-			t.Errorf("PlanTermination(%s, %s) = wait %s, exit within %s; want %s, %s",
-				tt.grace, tt.wait, got.WaitFor, got.ExitWithin, tt.wantWait, tt.wantWithin)
+		got := sidecar.PlanTermination(tt.grace)
+		if got.WaitUntil != tt.wantWait || got.ExitWithin != tt.wantWithin {
+			t.Errorf("PlanTermination(%s) = wait until %s, exit within %s; want %s, %s",
+				tt.grace, got.WaitUntil, got.ExitWithin, tt.wantWait, tt.wantWithin)
 		}
 	}
 }

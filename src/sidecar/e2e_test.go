@@ -8,205 +8,41 @@ package sidecar_test
 // webhook injects.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/semaphore"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/sidecar"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/countingapp"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/prometheustest"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/redistest"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/sidecartest"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/webhooktest"
 )
 
-// The test binary doubles as the app: re-executed with appEnv set it serves
-// a counter instead of running tests.
-const (
-	appEnv       = "SIDECAR_E2E_APP"
-	appTickEnv   = "SIDECAR_E2E_APP_TICK"   // counter increment period; 0: never moves
-	appLingerEnv = "SIDECAR_E2E_APP_LINGER" // how long it keeps serving after SIGTERM
-	appBytesEnv  = "SIDECAR_E2E_APP_BYTES"  // pad the exposition to about this size
-	counterName  = "app_ticks_total"
-)
-
 func TestMain(m *testing.M) {
-	if os.Getenv(appEnv) != "" {
-		os.Exit(runApp())
-	}
+	countingapp.MaybeRun()
 	os.Exit(m.Run())
 }
 
-// runApp serves client_golang's promhttp handler (text, OpenMetrics and
-// protobuf, gzip) with a counter that moves every tick. It prints its
-// address, and at exit the last counter value it exposed, as JSON lines.
-func runApp() int {
-	tick, _ := time.ParseDuration(os.Getenv(appTickEnv))
-	linger, _ := time.ParseDuration(os.Getenv(appLingerEnv))
-	padBytes, _ := strconv.Atoi(os.Getenv(appBytesEnv))
+const counterName = countingapp.CounterName
 
-	var value, lastExposed atomic.Int64
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: counterName, Help: "Ticks of the test app."},
-		func() float64 {
-			v := value.Load()
-			// The counter only grows, so the largest value collected is
-			// the last one exposed.
-			for {
-				old := lastExposed.Load()
-				if v <= old || lastExposed.CompareAndSwap(old, v) {
-					break
-				}
-			}
-			return float64(v)
-		}))
-	if padBytes > 0 {
-		pad := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "app_padding", Help: "Padding."}, []string{"series", "text"})
-		reg.MustRegister(pad)
-		filler := strings.Repeat("x", 64)
-		for i := range padBytes / 100 {
-			pad.WithLabelValues(strconv.Itoa(i), filler).Set(float64(i))
-		}
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	srv := &http.Server{Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true})}
-	go func() { _ = srv.Serve(ln) }()
-	out := json.NewEncoder(os.Stdout)
-	_ = out.Encode(map[string]any{"addr": ln.Addr().String()})
+type appOpts = countingapp.Options
 
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM)
-	var ticks <-chan time.Time
-	if tick > 0 {
-		t := time.NewTicker(tick)
-		defer t.Stop()
-		ticks = t.C
-	}
-	for {
-		select {
-		case <-ticks:
-			value.Add(1)
-			continue
-		case <-sigs:
-		}
-		break
-	}
-	// Like a real app draining: it still answers for a moment, and its
-	// counter keeps moving until it exits.
-	end := time.After(linger)
-	for done := false; !done; {
-		select {
-		case <-ticks:
-			value.Add(1)
-		case <-end:
-			done = true
-		}
-	}
-	_ = srv.Close()
-	_ = out.Encode(map[string]any{"lastExposed": lastExposed.Load()})
-	return 0
-}
-
-// app is a running app process.
-type app struct {
-	cmd         *exec.Cmd
-	addr        string
-	exited      chan struct{}
-	lastExposed float64
-}
-
-type appOpts struct {
-	tick, linger time.Duration
-	padBytes     int
-}
-
-func startApp(t testing.TB, o appOpts) *app {
-	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), appEnv+"=1", appTickEnv+"="+o.tick.String(), appLingerEnv+"="+o.linger.String(),
-		appBytesEnv+"="+strconv.Itoa(o.padBytes))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	cmd.Stderr = os.Stderr
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	a := &app{cmd: cmd, exited: make(chan struct{})}
-	listening := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			var msg struct {
-				Addr        string   `json:"addr"`
-				LastExposed *float64 `json:"lastExposed"`
-			}
-			if json.Unmarshal(sc.Bytes(), &msg) != nil {
-				continue
-			}
-			if msg.Addr != "" {
-				a.addr = msg.Addr
-				close(listening)
-			}
-			if msg.LastExposed != nil {
-				a.lastExposed = *msg.LastExposed
-			}
-		}
-		_ = cmd.Wait()
-		close(a.exited)
-	}()
-	t.Cleanup(func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		<-a.exited
-	})
-	select {
-	case <-listening:
-	case <-a.exited:
-		t.Fatal("the app exited before listening")
-	case <-time.After(30 * time.Second):
-		t.Fatal("the app did not listen within 30s")
-	}
-	return a
-}
-
-func (a *app) url() string { return "http://" + a.addr + "/metrics" }
-
-// wait waits for the app to exit and returns the last counter value it
-// exposed.
-func (a *app) wait(t *testing.T, timeout time.Duration) float64 {
-	t.Helper()
-	select {
-	case <-a.exited:
-		return a.lastExposed
-	case <-time.After(timeout):
-		t.Fatalf("the app did not exit within %s", timeout)
-		return 0
-	}
-}
+func startApp(t testing.TB, o appOpts) *countingapp.App { return countingapp.Start(t, o) }
 
 // fixture is the webhook process on three Redis nodes, with a semaphore
 // client of its own to look at the slots.
@@ -299,7 +135,18 @@ func (f *fixture) admit(t testing.TB, key string, size int) map[string]string {
 			Name string `json:"name"`
 			Env  []struct{ Name, Value string }
 		}
-		if op.Path != "/spec/containers/-" || json.Unmarshal(op.Value, &c) != nil || c.Name != "prometheus-metrics-proxy" {
+		value := op.Value
+		if op.Path == "/spec/initContainers" {
+			// A native sidecar into a pod without init containers: the
+			// value is the array.
+			var list []json.RawMessage
+			if json.Unmarshal(value, &list) != nil || len(list) != 1 {
+				continue
+			}
+			value = list[0]
+		}
+		isSidecarPath := op.Path == "/spec/containers/-" || op.Path == "/spec/initContainers" || op.Path == "/spec/initContainers/0"
+		if !isSidecarPath || json.Unmarshal(value, &c) != nil || c.Name != "prometheus-metrics-proxy" {
 			continue
 		}
 		env := map[string]string{}
@@ -329,20 +176,22 @@ func (f *fixture) holder(t *testing.T, env map[string]string) (quorum string, an
 }
 
 // sidecarEnv is the injected environment pointed at the app, with a short
-// grace period.
-func sidecarEnv(injected map[string]string, upstream string, grace, wait time.Duration) []string {
+// grace period, Prometheus' 1 s test interval, and a fetch interval short
+// against the app's tick.
+func sidecarEnv(injected map[string]string, upstream string, grace time.Duration, native bool) []string {
 	var env []string
 	for k, v := range injected {
 		env = append(env, k+"="+v)
 	}
 	return append(env, "PMPH_LISTEN_ADDRESS=127.0.0.1:0", "PMPH_UPSTREAM="+upstream,
-		"PMPH_GRACE_PERIOD="+grace.String(), "PMPH_FINAL_SCRAPE_WAIT="+wait.String())
+		"PMPH_GRACE_PERIOD="+grace.String(), "PMPH_SCRAPE_INTERVAL="+scrapeInterval.String(),
+		"PMPH_FINAL_FETCH_INTERVAL="+fetchInterval.String(), "PMPH_NATIVE_SIDECAR="+strconv.FormatBool(native))
 }
 
 func startPrometheus(t *testing.T, target string) *prometheustest.Server {
 	t.Helper()
 	return prometheustest.Start(t, prometheustest.Options{Config: prometheustest.StaticConfig(prometheustest.Job{
-		Name: "app", Interval: time.Second, Targets: []string{target},
+		Name: "app", Interval: scrapeInterval, Targets: []string{target},
 	})})
 }
 
@@ -369,109 +218,194 @@ func waitScraped(t *testing.T, p *prometheustest.Server, n int) {
 }
 
 const (
-	grace = 10 * time.Second
-	wait  = 5 * time.Second
+	grace          = 10 * time.Second
+	scrapeInterval = time.Second
+	fetchInterval  = 200 * time.Millisecond
+	appTick        = 50 * time.Millisecond
 )
 
-func TestTerminationStoresTheLastValueAndFreesTheSlot(t *testing.T) {
-	f := newFixture(t, 30*time.Second)
-	injected := f.admit(t, "final", 2)
-	a := startApp(t, appOpts{tick: 10 * time.Millisecond, linger: 300 * time.Millisecond})
-	sc := sidecartest.Start(t, sidecartest.Options{Env: sidecarEnv(injected, a.url(), grace, wait)})
-	p := startPrometheus(t, sc.Addr())
-	waitScraped(t, p, 3)
-	if h, _ := f.holder(t, injected); h != injected["PMPH_LEASE_HOLDER"] {
-		t.Fatalf("slot held by %q before termination, want the sidecar's %q", h, injected["PMPH_LEASE_HOLDER"])
+// terminatePod does what the kubelet does to the pod's containers, per the
+// Kubernetes documentation (pod lifecycle, "Termination of Pods"; sidecar
+// containers): with a native sidecar it runs the app container's preStop
+// hook (the webhook injects one that calls the sidecar), signals the app,
+// and signals the sidecar only once the app has exited; with a regular
+// container it signals both at once. It returns when the termination began.
+func terminatePod(t *testing.T, a *countingapp.App, sc *sidecartest.Sidecar, native bool) time.Time {
+	t.Helper()
+	began := time.Now()
+	if !native {
+		_ = a.Signal(syscall.SIGTERM)
+		_ = sc.Signal(syscall.SIGTERM)
+		return began
 	}
-
-	// The kubelet signals every container of the pod at once.
-	signalled := time.Now()
-	_ = syscall.Kill(a.cmd.Process.Pid, syscall.SIGTERM)
-	_ = sc.Signal(syscall.SIGTERM)
-	code, err := sc.Wait(grace)
+	resp, err := http.Get(sc.URL() + sidecar.TerminatingPath)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("the preStop hook failed: %v", err)
 	}
-	took := sc.ExitedAt().Sub(signalled)
-	lastExposed := a.wait(t, 10*time.Second)
-	t.Logf("sidecar exited %s after SIGTERM; the app's last exposed value was %v", took, lastExposed)
-	if code != 0 {
-		t.Errorf("exit code %d, want 0", code)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("the preStop hook answered %s", resp.Status)
 	}
-	if bound := sidecar.PlanTermination(grace, wait).ExitWithin; took > bound {
-		t.Errorf("the sidecar exited %s after SIGTERM, beyond its bound of %s", took, bound)
-	}
+	_ = a.Signal(syscall.SIGTERM)
+	go func() {
+		<-a.Exited()
+		_ = sc.Signal(syscall.SIGTERM)
+	}()
+	return began
+}
 
-	// The newest stored sample is the app's last value, scraped after the
-	// signal.
-	got, ok := lastSample(t, p)
-	if !ok || got.Value != lastExposed {
-		t.Errorf("the last stored sample is %+v, want the app's last exposed value %v", got, lastExposed)
+// TestFinalScrapeHasTheAppsStateAtExit is the final-scrape guarantee,
+// measured: an app that keeps counting while it drains after SIGTERM, a
+// real Prometheus scraping it through the sidecar, and the last sample
+// Prometheus stores compared with the value the app logged at its exit.
+func TestFinalScrapeHasTheAppsStateAtExit(t *testing.T) {
+	for _, native := range []bool{true, false} {
+		t.Run(map[bool]string{true: "native", false: "regular"}[native], func(t *testing.T) {
+			f := newFixture(t, 30*time.Second)
+			injected := f.admit(t, "final", 2)
+			a := startApp(t, appOpts{Tick: appTick, Drain: 2 * time.Second})
+			sc := sidecartest.Start(t, sidecartest.Options{Env: sidecarEnv(injected, a.URL(), grace, native)})
+			p := startPrometheus(t, sc.Addr())
+			waitScraped(t, p, 3)
+			if h, _ := f.holder(t, injected); h != injected["PMPH_LEASE_HOLDER"] {
+				t.Fatalf("slot held by %q before termination, want the sidecar's %q", h, injected["PMPH_LEASE_HOLDER"])
+			}
+
+			freed := f.watchFreed(t, injected)
+			began := terminatePod(t, a, sc, native)
+			final, lastExposed := a.Wait(t, grace)
+			code, err := sc.Wait(grace)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if code != 0 {
+				t.Errorf("exit code %d, want 0", code)
+			}
+			took := sc.ExitedAt().Sub(began)
+			if bound := sidecar.PlanTermination(grace).ExitWithin; took > bound {
+				t.Errorf("the sidecar exited %s after the termination began, beyond its bound of %s", took, bound)
+			}
+			// The slot goes back only after the app has exited (seen from
+			// Redis; the app's exit is seen a moment after it closed its
+			// listener).
+			if at := <-freed; at.Before(a.ExitedAt().Add(-50 * time.Millisecond)) {
+				t.Errorf("the slot was free at %s, before the app exited at %s", at, a.ExitedAt())
+			} else {
+				t.Logf("the slot was free %s after the app exited", at.Sub(a.ExitedAt()))
+			}
+
+			got, ok := lastSample(t, p)
+			if !ok {
+				t.Fatal("no sample stored")
+			}
+			// What the docs promise: the last sample is the app's state
+			// fetched at most one fetch interval before it stopped
+			// answering; the app counts once per tick. (The app may have
+			// collected a larger value for an answer its exit cut off.)
+			missed := final - got.Value
+			t.Logf("app final value %v, last exposed %v, last stored sample %v (missed %v ticks of %s); sidecar exited %s after the termination began",
+				final, lastExposed, got.Value, missed, appTick, took)
+			if got.Value > lastExposed {
+				t.Errorf("the last stored sample %v is beyond the largest value the app exposed, %v", got.Value, lastExposed)
+			}
+			// One fetch interval of ticks, one for the tick under way, and
+			// two for the fetch's own time on a loaded machine.
+			if maxMissed := float64(fetchInterval/appTick) + 3; missed < 0 || missed > maxMissed {
+				t.Errorf("the last stored sample %v is %v ticks short of the app's final value %v, want at most %v (one fetch interval and the fetch's own time)", got.Value, missed, final, maxMissed)
+			}
+			if h, anyNode := f.holder(t, injected); h != "" || anyNode {
+				t.Errorf("the slot is still held after the exit (quorum holder %q, on some node: %v)", h, anyNode)
+			}
+			for _, msg := range []string{"The termination began", "Termination signal received", "The app stopped answering",
+				"The final scrape was answered", "Stopped serving.", "Released the semaphore slot.", "Exiting."} {
+				if len(sc.Find("info", msg)) != 1 {
+					t.Errorf("the log lacks %q", msg)
+				}
+			}
+		})
 	}
-	if got.Time.Before(signalled.Add(-100 * time.Millisecond)) {
-		t.Errorf("the last stored sample is from %s, before the signal at %s", got.Time, signalled)
-	}
-	if h, anyNode := f.holder(t, injected); h != "" || anyNode {
-		t.Errorf("the slot is still held after the exit (quorum holder %q, on some node: %v)", h, anyNode)
-	}
-	for _, msg := range []string{"Termination signal received", "The final scrape was answered.", "Stopped serving.", "Released the semaphore slot.", "Exiting."} {
-		if len(sc.Find("info", msg)) != 1 {
-			t.Errorf("the log lacks %q", msg)
+}
+
+// watchFreed polls the pod's slot in Redis and sends the time it was first
+// seen free on no node.
+func (f *fixture) watchFreed(t *testing.T, env map[string]string) <-chan time.Time {
+	t.Helper()
+	size, _ := strconv.Atoi(env["PMPH_LEASE_SIZE"])
+	slot, _ := strconv.Atoi(env["PMPH_LEASE_SLOT"])
+	name := testNamespace + "/" + env["PMPH_LEASE_KEY"]
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	out := make(chan time.Time, 1)
+	go func() {
+		defer close(out)
+		for ctx.Err() == nil {
+			st, err := f.sem.Inspect(ctx, name, size)
+			if err == nil && st.Slots[slot].Holder == "" && !slices.ContainsFunc(st.Slots[slot].Holders, func(h string) bool { return h != "" }) {
+				out <- time.Now()
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
-	}
+	}()
+	return out
 }
 
 func TestAppGoneBeforeTerminationGetsTheLastGoodBody(t *testing.T) {
 	f := newFixture(t, 30*time.Second)
 	injected := f.admit(t, "gone", 1)
-	a := startApp(t, appOpts{tick: 10 * time.Millisecond})
-	sc := sidecartest.Start(t, sidecartest.Options{Env: sidecarEnv(injected, a.url(), grace, wait)})
+	a := startApp(t, appOpts{Tick: appTick})
+	sc := sidecartest.Start(t, sidecartest.Options{Env: sidecarEnv(injected, a.URL(), grace, true)})
 	p := startPrometheus(t, sc.Addr())
 	waitScraped(t, p, 3)
 
-	// The app has gone (it crashed, or it exits faster than the sidecar
-	// gets its signal).
-	_ = syscall.Kill(a.cmd.Process.Pid, syscall.SIGTERM)
-	lastExposed := a.wait(t, 10*time.Second)
-	signalled := time.Now()
+	// The app has gone without the preStop hook (it crashed, or the pod
+	// has a preStop hook of its own): the last scrape before is all there is.
+	_ = a.Signal(syscall.SIGTERM)
+	final, _ := a.Wait(t, 10*time.Second)
 	_ = sc.Signal(syscall.SIGTERM)
 	code, err := sc.Wait(grace)
 	if err != nil || code != 0 {
 		t.Fatalf("exit %d, %v", code, err)
 	}
+	// What the docs promise without the hook: the app's state at the last
+	// scrape or fetch before it stopped, up to one scrape interval old.
 	got, ok := lastSample(t, p)
-	if !ok || got.Value != lastExposed || got.Time.Before(signalled.Add(-100*time.Millisecond)) {
-		t.Errorf("the last stored sample is %+v, want the app's last value %v scraped after the signal at %s", got, lastExposed, signalled)
+	missed := final - got.Value
+	t.Logf("app final value %v, last stored sample %v (missed %v ticks of %s)", final, got.Value, missed, appTick)
+	if maxMissed := float64(scrapeInterval/appTick) + 1; !ok || missed < 0 || missed > maxMissed {
+		t.Errorf("the last stored sample is %+v, want at most %v ticks short of the app's final value %v", got, maxMissed, final)
 	}
-	if len(sc.Find("info", "Answered a scrape with the last good body")) == 0 {
-		t.Error("the log does not say the final scrape got the last good body")
-	}
-	if len(sc.Find("warn", "Fetching the app's metrics at termination failed")) != 1 {
-		t.Error("the failed fetch at termination was not logged")
+	if len(sc.Find("info", "The final scrape was answered")) != 1 {
+		t.Error("the log does not say the final scrape was answered")
 	}
 	if h, anyNode := f.holder(t, injected); h != "" || anyNode {
 		t.Errorf("the slot is still held after the exit (%q, %v)", h, anyNode)
 	}
 }
 
-func TestNeverScrapedExitsPromptly(t *testing.T) {
+func TestNeverScrapedExitsOnceTheAppStopped(t *testing.T) {
 	f := newFixture(t, 30*time.Second)
 	injected := f.admit(t, "unseen", 1)
-	a := startApp(t, appOpts{tick: 10 * time.Millisecond})
-	sc := sidecartest.Start(t, sidecartest.Options{Env: sidecarEnv(injected, a.url(), grace, wait)})
+	a := startApp(t, appOpts{Tick: appTick, Drain: time.Second})
+	sc := sidecartest.Start(t, sidecartest.Options{Env: sidecarEnv(injected, a.URL(), grace, false)})
 	// The lease is renewed at once at start; wait for it, so that the exit
 	// is not raced against the first renewal.
 	if !sc.WaitLog("info", "Renewed the semaphore lease.", 10*time.Second) {
 		t.Fatal("the first renewal was not logged")
 	}
-	signalled := time.Now()
-	_ = sc.Signal(syscall.SIGTERM)
+	terminatePod(t, a, sc, false)
+	a.Wait(t, grace)
 	code, err := sc.Wait(grace)
 	if err != nil || code != 0 {
 		t.Fatalf("exit %d, %v", code, err)
 	}
-	if took := sc.ExitedAt().Sub(signalled); took > time.Second {
-		t.Errorf("a sidecar that was never scraped took %s to exit", took)
+	// Regular mode: the sidecar holds the slot while the app drains, and
+	// then does not wait for a scrape that will not come.
+	if sc.ExitedAt().Before(a.ExitedAt()) {
+		t.Errorf("the sidecar exited at %s, before the app at %s", sc.ExitedAt(), a.ExitedAt())
+	}
+	if took := sc.ExitedAt().Sub(a.ExitedAt()); took > time.Second {
+		t.Errorf("a sidecar that was never scraped took %s to exit after the app", took)
 	}
 	if len(sc.Find("info", "No scrape arrived before the termination signal")) != 1 {
 		t.Error("the log does not say why it did not wait")
@@ -485,9 +419,9 @@ func TestLeaseAPIDownAtTermination(t *testing.T) {
 	const ttl = 3 * time.Second
 	f := newFixture(t, ttl)
 	injected := f.admit(t, "down", 1)
-	a := startApp(t, appOpts{tick: 10 * time.Millisecond})
+	a := startApp(t, appOpts{Tick: appTick})
 	const shortGrace = 4 * time.Second
-	sc := sidecartest.Start(t, sidecartest.Options{Env: sidecarEnv(injected, a.url(), shortGrace, wait)})
+	sc := sidecartest.Start(t, sidecartest.Options{Env: sidecarEnv(injected, a.URL(), shortGrace, false)})
 	p := startPrometheus(t, sc.Addr())
 	waitScraped(t, p, 2)
 	if !sc.WaitLog("info", "Renewed the semaphore lease.", 10*time.Second) {
@@ -500,9 +434,7 @@ func TestLeaseAPIDownAtTermination(t *testing.T) {
 	if h, _ := f.holder(t, injected); h != injected["PMPH_LEASE_HOLDER"] {
 		t.Fatalf("the slot is not held when the signal is sent (%q)", h)
 	}
-	signalled := time.Now()
-	_ = syscall.Kill(a.cmd.Process.Pid, syscall.SIGTERM)
-	_ = sc.Signal(syscall.SIGTERM)
+	signalled := terminatePod(t, a, sc, false)
 	code, err := sc.Wait(shortGrace)
 	if err != nil {
 		t.Fatal(err)
@@ -513,7 +445,7 @@ func TestLeaseAPIDownAtTermination(t *testing.T) {
 		t.Errorf("exit code %d, want 0", code)
 	}
 	// It gives up releasing at its bound; the process exit follows.
-	if bound := sidecar.PlanTermination(shortGrace, wait).ExitWithin; took > bound+500*time.Millisecond || took >= shortGrace {
+	if bound := sidecar.PlanTermination(shortGrace).ExitWithin; took > bound+500*time.Millisecond || took >= shortGrace {
 		t.Errorf("the sidecar exited %s after SIGTERM, beyond its bound of %s (grace period %s)", took, bound, shortGrace)
 	}
 	if len(sc.Find("error", "could not be given back")) != 1 {
@@ -539,8 +471,8 @@ func TestRenewalKeepsTheSlotAcrossWebhookRestarts(t *testing.T) {
 	const ttl = 2 * time.Second
 	f := newFixture(t, ttl)
 	injected := f.admit(t, "renew", 3)
-	a := startApp(t, appOpts{tick: 10 * time.Millisecond})
-	env := append(sidecarEnv(injected, a.url(), grace, wait), "PMPH_LOG_LEVEL=debug")
+	a := startApp(t, appOpts{Tick: appTick})
+	env := append(sidecarEnv(injected, a.URL(), grace, true), "PMPH_LOG_LEVEL=debug")
 	sc := sidecartest.Start(t, sidecartest.Options{Env: env})
 	if !sc.WaitLog("info", "Renewed the semaphore lease.", 10*time.Second) {
 		t.Fatal("the first renewal was not logged")
@@ -572,7 +504,7 @@ func TestRenewalKeepsTheSlotAcrossWebhookRestarts(t *testing.T) {
 	if n := len(sc.Find("error", "")); n != 0 {
 		t.Errorf("%d errors logged while the webhook restarted", n)
 	}
-	_ = sc.Signal(syscall.SIGTERM)
+	terminatePod(t, a, sc, true)
 	if code, err := sc.Wait(grace); err != nil || code != 0 {
 		t.Fatalf("exit %d, %v", code, err)
 	}
@@ -581,47 +513,135 @@ func TestRenewalKeepsTheSlotAcrossWebhookRestarts(t *testing.T) {
 	}
 }
 
-func TestOverLimitIsExposed(t *testing.T) {
-	f := newFixture(t, 30*time.Second)
-	late := f.admit(t, "full", 1)
-	// The pod stayed Pending past its startup timeout: its lease expired,
-	// and another pod got the only slot.
-	lateLease := semaphore.Lease{Name: testNamespace + "/full", Slot: 0, Holder: late["PMPH_LEASE_HOLDER"]}
-	if _, err := f.sem.Release(context.Background(), lateLease); err != nil {
+// probeStarted is the kubelet's startup probe: true on 200, false on 503.
+func probeStarted(t *testing.T, sc *sidecartest.Sidecar) bool {
+	t.Helper()
+	resp, err := http.Get(sc.URL() + sidecar.StartedPath)
+	if err != nil {
 		t.Fatal(err)
 	}
-	other := f.admit(t, "full", 1)
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK:
+		return true
+	case http.StatusServiceUnavailable:
+		return false
+	}
+	t.Fatalf("the startup probe answered %s", resp.Status)
+	return false
+}
 
-	a := startApp(t, appOpts{tick: 10 * time.Millisecond})
-	env := append(sidecarEnv(late, a.url(), grace, wait), "PMPH_RENEW_INTERVAL=300ms")
-	sc := sidecartest.Start(t, sidecartest.Options{Env: env})
-	overLimit := func() string {
-		t.Helper()
-		resp, err := http.Get(sc.URL() + sidecar.MetricsPath)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		for line := range strings.SplitSeq(string(b), "\n") {
-			if v, ok := strings.CutPrefix(line, "prometheus_metrics_proxy_hook_sidecar_over_limit "); ok {
-				return v
-			}
-		}
-		return ""
-	}
-	waitFor(t, 10*time.Second, "over_limit 1", func() bool { return overLimit() == "1" })
-	if len(sc.Find("error", "The startup lease was gone")) != 1 || len(sc.Find("error", "runs over the limit")) != 1 {
-		t.Error("the lost lease and the over-limit state were not each logged once as errors")
-	}
-	// The other pod ends: the late one takes the slot.
-	otherLease := semaphore.Lease{Name: testNamespace + "/full", Slot: 0, Holder: other["PMPH_LEASE_HOLDER"]}
-	if _, err := f.sem.Release(context.Background(), otherLease); err != nil {
+// overLimit reads the sidecar's over-limit gauge.
+func overLimit(t *testing.T, sc *sidecartest.Sidecar) string {
+	t.Helper()
+	return ownMetric(t, sc, "prometheus_metrics_proxy_hook_sidecar_over_limit")
+}
+
+// ownMetric is the value of one series of the sidecar's own metrics, ""
+// when it is not exposed.
+func ownMetric(t *testing.T, sc *sidecartest.Sidecar, series string) string {
+	t.Helper()
+	resp, err := http.Get(sc.URL() + sidecar.MetricsPath)
+	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "over_limit 0", func() bool { return overLimit() == "0" })
-	if h, _ := f.holder(t, late); h != late["PMPH_LEASE_HOLDER"] {
-		t.Errorf("the slot is held by %q, want the late pod's %q", h, late["PMPH_LEASE_HOLDER"])
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// TestStartGateTakesALapsedLeaseAgain: the pod stayed Pending past its
+// startup timeout, its admission-time lease lapsed; the startup probe
+// passes only once the sidecar took a slot again with the same holder id.
+func TestStartGateTakesALapsedLeaseAgain(t *testing.T) {
+	f := newFixture(t, 30*time.Second)
+	injected := f.admit(t, "lapsed", 2)
+	holder := injected["PMPH_LEASE_HOLDER"]
+	lapsed := semaphore.Lease{Name: testNamespace + "/lapsed", Slot: 0, Holder: holder}
+	lapsed.Slot, _ = strconv.Atoi(injected["PMPH_LEASE_SLOT"])
+	if _, err := f.sem.Release(context.Background(), lapsed); err != nil {
+		t.Fatal(err)
+	}
+	a := startApp(t, appOpts{Tick: appTick})
+	sc := sidecartest.Start(t, sidecartest.Options{Env: sidecarEnv(injected, a.URL(), grace, true)})
+	waitFor(t, 10*time.Second, "the startup probe to pass", func() bool { return probeStarted(t, sc) })
+	// The gate opened, so a quorum holds a slot for this holder now.
+	st, err := f.sem.Inspect(context.Background(), testNamespace+"/lapsed", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := 0
+	for _, s := range st.Slots {
+		if s.Holder == holder {
+			held++
+		}
+	}
+	if held != 1 {
+		t.Errorf("%d slots held by the pod's holder %s once the startup probe passed, want 1", held, holder)
+	}
+	if len(sc.Find("error", "The startup lease was gone at the first renewal")) != 1 || len(sc.Find("warn", "Took a slot of the semaphore.")) != 1 {
+		t.Errorf("the lapsed lease and the slot taken again were not logged; log:\n%s", sc.Logs())
+	}
+	if v := overLimit(t, sc); v != "0" {
+		t.Errorf("over_limit = %s, want 0", v)
+	}
+}
+
+// TestStartGateWaitsWhileFull: the lease lapsed and another pod took the
+// only slot. A native sidecar's startup probe keeps failing (the app is
+// held back; the pod is not over the limit) and passes once the slot
+// frees up. A regular container cannot hold the app back: its pod runs over
+// the limit meanwhile, and the gauge says so.
+func TestStartGateWaitsWhileFull(t *testing.T) {
+	for _, native := range []bool{true, false} {
+		t.Run(map[bool]string{true: "native", false: "regular"}[native], func(t *testing.T) {
+			f := newFixture(t, 30*time.Second)
+			late := f.admit(t, "full", 1)
+			lateLease := semaphore.Lease{Name: testNamespace + "/full", Slot: 0, Holder: late["PMPH_LEASE_HOLDER"]}
+			if _, err := f.sem.Release(context.Background(), lateLease); err != nil {
+				t.Fatal(err)
+			}
+			other := f.admit(t, "full", 1)
+
+			a := startApp(t, appOpts{Tick: appTick})
+			sc := sidecartest.Start(t, sidecartest.Options{Env: sidecarEnv(late, a.URL(), grace, native)})
+			if !sc.WaitLog("", "No slot of the semaphore is free", 10*time.Second) {
+				t.Fatal("the full semaphore was not logged")
+			}
+			wantGauge := map[bool]string{true: "0", false: "1"}[native]
+			// Several full answers in a row, with backoff: the probe fails
+			// throughout and the sidecar keeps running.
+			waitFor(t, 20*time.Second, "three full answers", func() bool {
+				n, _ := strconv.Atoi(ownMetric(t, sc, `prometheus_metrics_proxy_hook_sidecar_lease_operations_total{operation="acquire",result="full"}`))
+				return n >= 3
+			})
+			if probeStarted(t, sc) {
+				t.Fatal("the startup probe passed while the semaphore is full")
+			}
+			if v := overLimit(t, sc); v != wantGauge {
+				t.Errorf("over_limit = %s while waiting, want %s", v, wantGauge)
+			}
+			if !sc.Running() {
+				t.Fatal("the sidecar exited while waiting for a slot")
+			}
+
+			otherLease := semaphore.Lease{Name: testNamespace + "/full", Slot: 0, Holder: other["PMPH_LEASE_HOLDER"]}
+			if _, err := f.sem.Release(context.Background(), otherLease); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, 10*time.Second, "the startup probe to pass", func() bool { return probeStarted(t, sc) })
+			if h, _ := f.holder(t, late); h != late["PMPH_LEASE_HOLDER"] {
+				t.Errorf("the slot is held by %q, want the late pod's %q", h, late["PMPH_LEASE_HOLDER"])
+			}
+			if v := overLimit(t, sc); v != "0" {
+				t.Errorf("over_limit = %s with the slot taken, want 0", v)
+			}
+		})
 	}
 }
 
@@ -629,8 +649,8 @@ func TestOverLimitIsExposed(t *testing.T) {
 // through the sidecar process with every format and encoding client_golang
 // serves, and compares the bytes.
 func TestProxyPassesFormatsThroughUnchanged(t *testing.T) {
-	a := startApp(t, appOpts{padBytes: 64 << 10})
-	sc := sidecartest.Start(t, sidecartest.Options{Env: []string{"PMPH_UPSTREAM=" + a.url()}})
+	a := startApp(t, appOpts{PadBytes: 64 << 10})
+	sc := sidecartest.Start(t, sidecartest.Options{Env: []string{"PMPH_UPSTREAM=" + a.URL()}})
 	client := &http.Client{Transport: &http.Transport{DisableCompression: true}, Timeout: 10 * time.Second}
 	scrape := func(url, accept, encoding string) (http.Header, []byte) {
 		t.Helper()
@@ -658,7 +678,7 @@ func TestProxyPassesFormatsThroughUnchanged(t *testing.T) {
 	for _, tt := range tests {
 		for _, enc := range []string{"", "gzip"} {
 			t.Run(tt.name+" "+enc, func(t *testing.T) {
-				dh, direct := scrape(a.url(), tt.accept, enc)
+				dh, direct := scrape(a.URL(), tt.accept, enc)
 				ph, proxied := scrape(sc.URL()+"/metrics", tt.accept, enc)
 				if !bytes.Equal(direct, proxied) {
 					t.Errorf("%d bytes direct, %d through the sidecar, and they differ", len(direct), len(proxied))

@@ -35,8 +35,8 @@ func BenchmarkSidecarRSS(b *testing.B) {
 		b.Run(c.name, func(b *testing.B) {
 			f := newFixture(b, 30*time.Second)
 			injected := f.admit(b, "rss", 1)
-			a := startApp(b, appOpts{tick: 10 * time.Millisecond, padBytes: c.padBytes})
-			sc := sidecartest.Start(b, sidecartest.Options{Binary: bin, Env: sidecarEnv(injected, a.url(), grace, wait)})
+			a := startApp(b, appOpts{Tick: 10 * time.Millisecond, PadBytes: c.padBytes})
+			sc := sidecartest.Start(b, sidecartest.Options{Binary: bin, Env: sidecarEnv(injected, a.URL(), grace, true)})
 			if !sc.WaitLog("info", "Renewed the semaphore lease.", 10*time.Second) {
 				b.Fatal("the first renewal was not logged")
 			}

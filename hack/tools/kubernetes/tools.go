@@ -1,11 +1,14 @@
 //go:build tools
 
-// Package tools pins the Kubernetes commands the e2e tests run as real
-// processes; hack/install-tools.sh builds them from this module.
+// Package tools pins the Kubernetes commands the e2e tests and the node
+// harness run as real processes; hack/install-tools.sh builds them from this module.
 package tools
 
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )

@@ -1,6 +1,8 @@
 // Package leasekeeper keeps a pod's semaphore lease alive through the
 // webhook's lease API while the pod runs, takes a slot again when the lease
-// was lost, and gives the slot back on termination.
+// was lost, and gives the slot back on termination. It also holds the pod's
+// start gate: Started is closed once the lease API confirmed that the pod
+// holds a slot, which is what the sidecar's startup probe waits for.
 package leasekeeper
 
 import (
@@ -50,8 +52,12 @@ type Config struct {
 	// Interval is the time between renewals; zero means a third of the TTL
 	// the lease API answers.
 	Interval time.Duration
-	Logger   zerolog.Logger
-	Metrics  *Metrics
+	// Gated is set when the app starts only once Started is closed (a
+	// native sidecar's startup probe holds it back): until then a pod
+	// without a slot is waiting, not running over the limit.
+	Gated   bool
+	Logger  zerolog.Logger
+	Metrics *Metrics
 }
 
 // Keeper renews one lease. Run it once; call Release after Run returned.
@@ -59,8 +65,10 @@ type Keeper struct {
 	api      API
 	size     int
 	interval time.Duration
+	gated    bool
 	log      zerolog.Logger
 	metrics  *Metrics
+	started  chan struct{}
 
 	mu    sync.Mutex
 	lease leaseapi.Lease
@@ -86,6 +94,8 @@ func New(cfg Config) (*Keeper, error) {
 		api:      cfg.API,
 		size:     cfg.Size,
 		interval: cfg.Interval,
+		gated:    cfg.Gated,
+		started:  make(chan struct{}),
 		log: cfg.Logger.With().Str("namespace", cfg.Lease.Namespace).Str("key", cfg.Lease.Key).
 			Int("size", cfg.Size).Logger(),
 		metrics: cfg.Metrics,
@@ -93,6 +103,34 @@ func New(cfg Config) (*Keeper, error) {
 		held:    !cfg.WithoutSlot,
 	}, nil
 }
+
+// Started is closed once the lease API confirmed a slot for this pod: the
+// first successful renewal of the admission-time lease, or the first slot
+// taken again when that lease had lapsed. It stays closed afterwards; a
+// lease lost later does not stop an app that already runs.
+func (k *Keeper) Started() <-chan struct{} { return k.started }
+
+func (k *Keeper) hasStarted() bool {
+	select {
+	case <-k.started:
+		return true
+	default:
+		return false
+	}
+}
+
+// confirm records that the pod holds a slot, opening the start gate.
+func (k *Keeper) confirm(slot int, ttl time.Duration) {
+	if k.hasStarted() {
+		return
+	}
+	close(k.started)
+	k.log.Info().Int("slot", slot).Dur("ttl", ttl).Msg("The pod holds a slot of its semaphore: the start gate is open.")
+}
+
+// runsWithoutSlot reports whether the app runs while the pod holds no slot:
+// after the start gate opened, or always when the app is not gated.
+func (k *Keeper) runsWithoutSlot() bool { return !k.gated || k.hasStarted() }
 
 // Lease is the lease now held; held is false while the pod runs without a
 // slot.
@@ -117,6 +155,7 @@ func (k *Keeper) Run(ctx context.Context) {
 	)
 	if _, held := k.Lease(); !held {
 		k.log.Warn().Msg("The pod was admitted without a semaphore slot (the webhook had no Redis quorum); taking one now.")
+		k.metrics.setOverLimit(k.runsWithoutSlot())
 	}
 	for {
 		select {
@@ -141,6 +180,7 @@ func (k *Keeper) Run(ctx context.Context) {
 				ev.Int("slot", lease.Slot).Dur("ttl", ttl).Int("failed_attempts", failures).
 					Msg("Renewed the semaphore lease.")
 				renewedOnce, failures, lastOK = true, 0, time.Now()
+				k.confirm(lease.Slot, ttl)
 				wait = jitter(k.intervalFor(ttl))
 			case errors.Is(err, leaseapi.ErrNotFound), errors.Is(err, leaseapi.ErrConflict):
 				k.metrics.observe("renew", "lost")
@@ -162,47 +202,73 @@ func (k *Keeper) Run(ctx context.Context) {
 			}
 		} else {
 			got, ttl, err := k.api.Acquire(ctx, lease, k.size)
-			switch {
-			case ctx.Err() != nil:
+			if ctx.Err() != nil {
 				return
-			case err == nil:
-				k.metrics.observe("acquire", "ok")
-				k.metrics.setOverLimit(false)
-				k.mu.Lock()
-				k.lease, k.held, k.ttl = got, true, ttl
-				k.mu.Unlock()
-				k.log.Warn().Int("slot", got.Slot).Dur("ttl", ttl).Int("failed_attempts", failures).
-					Msg("Took a slot of the semaphore; the pod is within the limit again.")
-				renewedOnce, failures, lastOK = true, 0, time.Now()
-				wait = jitter(k.intervalFor(ttl))
-			case errors.Is(err, leaseapi.ErrFull):
-				k.metrics.observe("acquire", "full")
-				k.metrics.setOverLimit(true)
-				wait = jitter(k.intervalFor(0))
-				ev := k.log.Warn()
-				if failures == 0 {
-					ev = k.log.Error()
-				}
-				failures++
-				ev.Err(err).Int("attempt", failures).Dur("retry_in", wait).
-					Msg("No slot of the semaphore is free: this pod runs over the limit (gauge prometheus_metrics_proxy_hook_sidecar_over_limit is 1) until one frees up.")
-			case leaseapi.Retryable(err):
-				k.metrics.observe("acquire", "retry")
-				k.metrics.setOverLimit(true)
-				failures++
-				wait = k.backoff(failures)
-				k.log.Warn().Err(err).Int("attempt", failures).Dur("retry_in", wait).
-					Msg("Taking a slot of the semaphore again failed; the pod runs without a slot until it succeeds. Retrying.")
-			default:
-				k.metrics.observe("acquire", "error")
-				k.metrics.setOverLimit(true)
-				failures++
-				wait = jitter(k.intervalFor(0))
-				k.log.Error().Err(err).Int("attempt", failures).Dur("retry_in", wait).
-					Msg("The lease API refused to give a slot again; the pod runs without a slot. Retrying at the renewal interval.")
+			}
+			wait = k.acquired(got, ttl, err, &failures)
+			if err == nil {
+				renewedOnce, lastOK = true, time.Now()
 			}
 		}
 		timer.Reset(wait)
+	}
+}
+
+// acquired handles the answer to taking a slot again and returns the wait
+// before the next call. While the semaphore is full the keeper waits and
+// retries with backoff, never giving up: a gated pod waits at its start gate
+// as long as that takes, like a pod waiting in a queue.
+func (k *Keeper) acquired(got leaseapi.Lease, ttl time.Duration, err error, failures *int) time.Duration {
+	switch {
+	case err == nil:
+		k.metrics.observe("acquire", "ok")
+		k.metrics.setOverLimit(false)
+		k.mu.Lock()
+		k.lease, k.held, k.ttl = got, true, ttl
+		k.mu.Unlock()
+		msg := "Took a slot of the semaphore; the pod is within the limit again."
+		if !k.hasStarted() {
+			msg = "Took a slot of the semaphore."
+		}
+		k.log.Warn().Int("slot", got.Slot).Dur("ttl", ttl).Int("failed_attempts", *failures).Msg(msg)
+		*failures = 0
+		k.confirm(got.Slot, ttl)
+		return jitter(k.intervalFor(ttl))
+	case errors.Is(err, leaseapi.ErrFull):
+		k.metrics.observe("acquire", "full")
+		over := k.runsWithoutSlot()
+		defer k.metrics.setOverLimit(over)
+		*failures++
+		wait := k.backoff(*failures)
+		ev := k.log.Debug()
+		if *failures == 1 {
+			ev = k.log.Warn()
+			if over {
+				ev = k.log.Error()
+			}
+		}
+		msg := "No slot of the semaphore is free: the app is held back (the sidecar's startup probe fails) until one frees up; retrying."
+		if over {
+			msg = "No slot of the semaphore is free: this pod runs over the limit (gauge prometheus_metrics_proxy_hook_sidecar_over_limit is 1) until one frees up; retrying."
+		}
+		ev.Err(err).Int("attempt", *failures).Dur("retry_in", wait).Msg(msg)
+		return wait
+	case leaseapi.Retryable(err):
+		k.metrics.observe("acquire", "retry")
+		k.metrics.setOverLimit(k.runsWithoutSlot())
+		*failures++
+		wait := k.backoff(*failures)
+		k.log.Warn().Err(err).Int("attempt", *failures).Dur("retry_in", wait).
+			Msg("Taking a slot of the semaphore failed; the pod holds no slot until it succeeds. Retrying.")
+		return wait
+	default:
+		k.metrics.observe("acquire", "error")
+		k.metrics.setOverLimit(k.runsWithoutSlot())
+		*failures++
+		wait := jitter(k.intervalFor(0))
+		k.log.Error().Err(err).Int("attempt", *failures).Dur("retry_in", wait).
+			Msg("The lease API refused to give a slot; the pod holds no slot. Retrying at the renewal interval.")
+		return wait
 	}
 }
 
@@ -211,6 +277,9 @@ func (k *Keeper) lost(l leaseapi.Lease, err error, renewedOnce bool) {
 	k.mu.Lock()
 	k.held = false
 	k.mu.Unlock()
+	// The gauge follows the log event, so that whoever sees it finds the
+	// reason logged.
+	defer k.metrics.setOverLimit(k.runsWithoutSlot())
 	how := "it expired or was released"
 	if errors.Is(err, leaseapi.ErrConflict) {
 		how = "it expired, and another holder owns the slot now"

@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"net"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -111,14 +112,15 @@ func (l *logs) Write(p []byte) (int, error) {
 	return l.buf.Write(p)
 }
 
-// count is the number of events at level whose message contains msg.
+// count is the number of events at level (any when empty) whose message
+// contains msg.
 func (l *logs) count(level, msg string) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	n := 0
 	for line := range strings.SplitSeq(l.buf.String(), "\n") {
 		var ev struct{ Level, Message string }
-		if json.Unmarshal([]byte(line), &ev) == nil && ev.Level == level && strings.Contains(ev.Message, msg) {
+		if json.Unmarshal([]byte(line), &ev) == nil && (level == "" || ev.Level == level) && strings.Contains(ev.Message, msg) {
 			n++
 		}
 	}
@@ -134,10 +136,15 @@ type keeper struct {
 
 func startKeeper(t *testing.T, api leasekeeper.API, l leaseapi.Lease, size int, interval time.Duration) *keeper {
 	t.Helper()
+	return startGatedKeeper(t, api, l, size, interval, false)
+}
+
+func startGatedKeeper(t *testing.T, api leasekeeper.API, l leaseapi.Lease, size int, interval time.Duration, gated bool) *keeper {
+	t.Helper()
 	k := &keeper{metrics: leasekeeper.NewMetrics(), logs: &logs{}}
 	var err error
 	k.Keeper, err = leasekeeper.New(leasekeeper.Config{
-		API: api, Lease: l, Size: size, Metrics: k.metrics, Interval: interval,
+		API: api, Lease: l, Size: size, Metrics: k.metrics, Interval: interval, Gated: gated,
 		Logger: zerolog.New(zerolog.MultiLevelWriter(k.logs, zerolog.NewTestWriter(t))).Level(zerolog.DebugLevel),
 	})
 	if err != nil {
@@ -265,7 +272,11 @@ func TestOverLimitUntilASlotFrees(t *testing.T) {
 	other := e.take(t, "full", 1, time.Minute)
 
 	k := startKeeper(t, e.client, l, 1, 300*time.Millisecond)
-	waitFor(t, 5*time.Second, "over_limit = 1", func() bool { return k.overLimit(t) == 1 })
+	// The gauge is 1 from the loss on; the full semaphore is logged once
+	// the first acquisition is refused.
+	waitFor(t, 5*time.Second, "over_limit = 1 and a full answer", func() bool {
+		return k.overLimit(t) == 1 && k.logs.count("", "No slot of the semaphore is free") > 0
+	})
 	if n := k.logs.count("error", "this pod runs over the limit"); n != 1 {
 		t.Errorf("running over the limit was logged %d times as an error, want once", n)
 	}
@@ -279,6 +290,66 @@ func TestOverLimitUntilASlotFrees(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "the slot taken once free", func() bool { return e.holder(t, "full", 1, 0) == l.Holder })
 	waitFor(t, 5*time.Second, "over_limit = 0", func() bool { return k.overLimit(t) == 0 })
+}
+
+func started(k *keeper) bool {
+	select {
+	case <-k.Started():
+		return true
+	default:
+		return false
+	}
+}
+
+// TestStartGate: Started opens only once the lease API confirmed a slot;
+// while the semaphore is full a gated pod waits (not over the limit), an
+// ungated one runs over the limit.
+func TestStartGate(t *testing.T) {
+	tests := []struct {
+		name      string
+		gated     bool
+		full      bool
+		wantGauge float64 // while waiting
+	}{
+		{"held lease opens at the first renewal", true, false, 0},
+		{"gated pod waits while full", true, true, 0},
+		{"ungated pod runs over the limit while full", false, true, 1},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, time.Second)
+			key := "gate" + strconv.Itoa(i)
+			// A second, not the shortest TTL: a loaded machine answers
+			// within it.
+			l := e.take(t, key, 1, time.Second)
+			var other leaseapi.Lease
+			if tt.full {
+				waitFor(t, 5*time.Second, "the startup lease to expire", func() bool { return e.holder(t, key, 1, 0) == "" })
+				other = e.take(t, key, 1, time.Minute)
+			}
+			k := startGatedKeeper(t, e.client, l, 1, 200*time.Millisecond, tt.gated)
+			if !tt.full {
+				waitFor(t, 5*time.Second, "the gate to open", func() bool { return started(k) })
+				return
+			}
+			waitFor(t, 5*time.Second, "the gauge while waiting", func() bool {
+				return k.overLimit(t) == tt.wantGauge && k.logs.count("", "No slot of the semaphore is free") > 0
+			})
+			if started(k) {
+				t.Fatal("the gate opened while the semaphore is full")
+			}
+			if _, err := e.sem.Release(context.Background(), semaphore.Lease{Name: other.Name(), Slot: other.Slot, Holder: other.Holder}); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, 5*time.Second, "the gate to open once the slot is free", func() bool { return started(k) })
+			if h := e.holder(t, key, 1, 0); h != l.Holder {
+				t.Errorf("slot held by %q, want the pod's own holder %q", h, l.Holder)
+			}
+			if v := k.overLimit(t); v != 0 {
+				t.Errorf("over_limit = %v with the slot taken, want 0", v)
+			}
+		})
+	}
 }
 
 func TestConflictIsTreatedAsLost(t *testing.T) {

@@ -175,6 +175,17 @@ func (c *cache) size() (bytes int64, bodies int) {
 	return c.bytes, len(c.entries)
 }
 
+// storedAt is the time stamp of the body get(v) would return, zero when
+// none fits.
+func (c *cache) storedAt(v variant) time.Time {
+	b := c.get(v)
+	if b == nil {
+		return time.Time{}
+	}
+	defer c.release(b)
+	return b.storedAt
+}
+
 // sizeHint is the size of the body last stored for v, so that the next one
 // is read into a buffer that fits.
 func (c *cache) sizeHint(v variant) int {

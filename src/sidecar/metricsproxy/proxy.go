@@ -26,6 +26,11 @@ const ScrapeTimeoutHeader = "X-Prometheus-Scrape-Timeout-Seconds"
 // SourceHeader marks a response served from the last good body.
 const SourceHeader = "X-Metrics-Proxy-Source"
 
+// ErrNotKept is wrapped by Refresh's errors for an answer the app gave but
+// the proxy could not keep (larger than the cache cap): the app still
+// answers.
+var ErrNotKept = errors.New("the answer was not kept")
+
 // copyChunk is the read size when streaming a body that is not cached.
 const copyChunk = 32 << 10
 
@@ -51,8 +56,10 @@ type Config struct {
 
 // Proxy is an http.Handler that forwards every request to the app and keeps
 // the last good answer of the metrics path. After StartFinal it answers
-// scrapes the app fails with that body, and reports the first scrape it
-// served in full through FinalScrape.
+// scrapes the app fails with that body. It remembers, per scraper (the
+// client's IP address), when it last scraped and which stored body it was
+// answered with, so that the sidecar can tell when every scraper has got
+// the app's final state (Pending).
 type Proxy struct {
 	upstream    *url.URL
 	metricsPath string
@@ -67,8 +74,8 @@ type Proxy struct {
 	terminating atomic.Bool
 	arrived     atomic.Uint64
 	served      atomic.Uint64
-	finalOnce   sync.Once
-	final       chan struct{}
+	scrapers    scrapers
+	answered    chan struct{} // pulsed after every scrape answered in full
 }
 
 // New checks cfg and builds a Proxy.
@@ -101,7 +108,7 @@ func New(cfg Config) (*Proxy, error) {
 		log:         cfg.Logger,
 		metrics:     cfg.Metrics,
 		cache:       newCache(cfg.CacheMaxBytes),
-		final:       make(chan struct{}),
+		answered:    make(chan struct{}, 1),
 	}
 	p.copyBufs.New = func() any { b := make([]byte, copyChunk); return &b }
 	return p, nil
@@ -128,13 +135,19 @@ func (p *Proxy) MetricsPath() string { return p.metricsPath }
 
 // StartFinal switches the proxy to its termination mode: from now on a
 // scrape the app does not answer (connection refused, timeout, 5xx) gets the
-// last good body, and the first scrape that arrives from now on and is
-// answered in full closes FinalScrape.
+// last good body.
 func (p *Proxy) StartFinal() { p.terminating.Store(true) }
 
-// FinalScrape is closed once a scrape that arrived after StartFinal has been
-// answered in full.
-func (p *Proxy) FinalScrape() <-chan struct{} { return p.final }
+// Answered receives a value after a scrape was answered in full (values are
+// dropped while one is pending): a cue to look at Pending again.
+func (p *Proxy) Answered() <-chan struct{} { return p.answered }
+
+// Pending lists the scrapers that scraped since the given time and whose
+// last answer is not the body now kept for the way they ask: once the app
+// has stopped answering, those that have not got its final state yet.
+func (p *Proxy) Pending(since time.Time) []string {
+	return p.scrapers.pending(since, p.cache.storedAt)
+}
 
 // ScrapesServed counts the scrapes of the metrics path answered in full.
 func (p *Proxy) ScrapesServed() uint64 { return p.served.Load() }
@@ -149,8 +162,8 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	scrape := r.URL.Path == p.metricsPath && (r.Method == http.MethodGet || r.Method == http.MethodHead)
 	if scrape {
 		p.arrived.Add(1)
+		p.scrapers.arrived(scraperOf(r), time.Now())
 	}
-	arrivedInFinal := p.terminating.Load()
 	v := variant{query: r.URL.RawQuery, accept: r.Header.Get("Accept"), acceptEncoding: r.Header.Get("Accept-Encoding")}
 
 	ctx, cancel := context.WithTimeout(r.Context(), p.timeoutFor(r.Header))
@@ -169,7 +182,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			if resp != nil {
 				resp.Body.Close()
 			}
-			p.serveLastGood(w, r, b, arrivedInFinal, upstreamFailure(resp, err))
+			p.serveLastGood(w, r, b, v, upstreamFailure(resp, err))
 			return
 		}
 		p.log.Warn().Str("reason", reason).Err(upstreamFailure(resp, err)).
@@ -180,7 +193,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer resp.Body.Close()
-	p.stream(w, r, resp, scrape, v, arrivedInFinal)
+	p.stream(w, r, resp, scrape, v)
 }
 
 // timeoutFor is the upstream timeout for one request: the configured one,
@@ -234,7 +247,7 @@ func (p *Proxy) outgoing(ctx context.Context, r *http.Request) *http.Request {
 // stream copies the app's answer to the client as it arrives. For a scrape
 // answered with 200 the body is read straight into the buffer that becomes
 // the cached copy, so it is held once, not twice.
-func (p *Proxy) stream(w http.ResponseWriter, r *http.Request, resp *http.Response, scrape bool, v variant, arrivedInFinal bool) {
+func (p *Proxy) stream(w http.ResponseWriter, r *http.Request, resp *http.Response, scrape bool, v variant) {
 	copyHeader(w.Header(), resp.Header)
 	if resp.ContentLength >= 0 && r.Method != http.MethodHead {
 		w.Header().Set("Content-Length", strconv.FormatInt(resp.ContentLength, 10))
@@ -306,15 +319,18 @@ func (p *Proxy) stream(w http.ResponseWriter, r *http.Request, resp *http.Respon
 		p.cache.recycle(cand)
 		return
 	}
+	var storedAt time.Time
 	if cacheable {
-		p.store(v, resp.Header, cand)
+		storedAt = p.store(v, resp.Header, cand)
 	}
 	if scrape && resp.StatusCode/100 == 2 {
-		p.scraped("app", arrivedInFinal)
+		p.scraped(r, "app", v, storedAt)
 	}
 }
 
-func (p *Proxy) store(v variant, h http.Header, data []byte) {
+// store keeps data as the last good body of v and returns its time stamp,
+// zero when it was not kept.
+func (p *Proxy) store(v variant, h http.Header, data []byte) time.Time {
 	b := &body{
 		variant:         v,
 		contentType:     h.Get("Content-Type"),
@@ -322,13 +338,15 @@ func (p *Proxy) store(v variant, h http.Header, data []byte) {
 		data:            data,
 		storedAt:        time.Now(),
 	}
-	if p.cache.put(b) {
-		bytes, _ := p.cache.size()
-		p.metrics.cached(bytes)
+	if !p.cache.put(b) {
+		return time.Time{}
 	}
+	bytes, _ := p.cache.size()
+	p.metrics.cached(bytes)
+	return b.storedAt
 }
 
-func (p *Proxy) serveLastGood(w http.ResponseWriter, r *http.Request, b *body, arrivedInFinal bool, cause error) {
+func (p *Proxy) serveLastGood(w http.ResponseWriter, r *http.Request, b *body, v variant, cause error) {
 	defer p.cache.release(b)
 	h := w.Header()
 	h.Set("Content-Type", b.contentType)
@@ -348,16 +366,20 @@ func (p *Proxy) serveLastGood(w http.ResponseWriter, r *http.Request, b *body, a
 		return
 	}
 	p.log.Info().Err(cause).Dur("age", time.Since(b.storedAt)).Int("bytes", len(b.data)).
-		Bool("arrived_after_signal", arrivedInFinal).
+		Str("scraper", scraperOf(r)).
 		Msg("Answered a scrape with the last good body because the app did not answer.")
-	p.scraped("last_good", arrivedInFinal)
+	// The scraper asked as v; the body may be another variant's that
+	// satisfies it, which is what it will get again.
+	p.scraped(r, "last_good", v, b.storedAt)
 }
 
-func (p *Proxy) scraped(source string, arrivedInFinal bool) {
+func (p *Proxy) scraped(r *http.Request, source string, v variant, storedAt time.Time) {
 	p.served.Add(1)
 	p.metrics.scraped(source)
-	if arrivedInFinal {
-		p.finalOnce.Do(func() { close(p.final) })
+	p.scrapers.answered(scraperOf(r), v, storedAt)
+	select {
+	case p.answered <- struct{}{}:
+	default:
 	}
 }
 
@@ -377,8 +399,14 @@ func (p *Proxy) badGateway(w http.ResponseWriter, r *http.Request, err error) {
 // fetch made at once on the termination signal, while the app most likely
 // still answers. It returns how many variants were refreshed and the errors
 // of the others.
+//
+// Before the first scrape it fetches the metrics path as a plain GET, so
+// that whether the app still answers is known either way.
 func (p *Proxy) Refresh(ctx context.Context) (int, error) {
 	vs := p.cache.variants()
+	if len(vs) == 0 {
+		vs = []variant{{}}
+	}
 	errs := make([]error, len(vs))
 	var wg sync.WaitGroup
 	for i, v := range vs {
@@ -424,7 +452,7 @@ func (p *Proxy) fetch(ctx context.Context, v variant) error {
 		hint = int64(p.cache.sizeHint(v))
 	}
 	if hint > p.maxBytes {
-		return fmt.Errorf("fetching %s: the body of %d bytes is larger than the cache cap of %d bytes", u.Redacted(), hint, p.maxBytes)
+		return fmt.Errorf("fetching %s: the body of %d bytes is larger than the cache cap of %d bytes: %w", u.Redacted(), hint, p.maxBytes, ErrNotKept)
 	}
 	buf := p.cache.buffer(int(hint) + 1)
 	for {
@@ -435,7 +463,7 @@ func (p *Proxy) fetch(ctx context.Context, v variant) error {
 		buf = buf[:len(buf)+n]
 		if int64(len(buf)) > p.maxBytes {
 			p.cache.recycle(buf)
-			return fmt.Errorf("fetching %s: the body is larger than the cache cap of %d bytes", u.Redacted(), p.maxBytes)
+			return fmt.Errorf("fetching %s: the body is larger than the cache cap of %d bytes: %w", u.Redacted(), p.maxBytes, ErrNotKept)
 		}
 		if rerr == io.EOF {
 			break
@@ -445,7 +473,9 @@ func (p *Proxy) fetch(ctx context.Context, v variant) error {
 			return fmt.Errorf("reading the body of %s: %w", u.Redacted(), rerr)
 		}
 	}
-	p.store(v, resp.Header, buf)
+	if p.store(v, resp.Header, buf).IsZero() {
+		return fmt.Errorf("fetching %s: %w", u.Redacted(), ErrNotKept)
+	}
 	return nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -269,38 +270,85 @@ func TestProxyFailuresBeforeAndDuringTermination(t *testing.T) {
 				if !bytes.Equal(got.body, good.body) || got.header.Get("Content-Encoding") != "gzip" {
 					t.Error("the last good body differs from the last good scrape")
 				}
-				waitClosed(t, p.FinalScrape(), "a scrape served in full after StartFinal did not close FinalScrape")
+				waitFor(t, func() bool { return p.ScrapesServed() == 2 }, "the scrape served from the last good body was not counted")
 			}
 		})
 	}
 }
 
-func TestProxyFinalScrapeCountsOnlyScrapesAfterStartFinal(t *testing.T) {
-	a := newApp(t)
-	p, proxy := newProxy(t, a.srv.URL+"/metrics", proxyOpts{})
-	get(t, proxy.URL+"/metrics", nil)
-	get(t, proxy.URL+"/other", nil)
-	// The proxy counts a scrape once its answer is flushed, which the client
-	// can see a moment before.
-	waitFor(t, func() bool { return p.ScrapesServed() == 1 }, "ScrapesServed did not reach 1 after one scrape")
-	get(t, proxy.URL+"/other", nil)
-	if n := p.ScrapesServed(); n != 1 {
-		t.Fatalf("ScrapesServed = %d after one scrape and two other requests, want 1", n)
+// scrapeFrom is a scrape of the metrics path from a scraper at ip, served
+// by the proxy directly so that the scraper's address is ip.
+func scrapeFrom(t *testing.T, p *metricsproxy.Proxy, ip string) *httptest.ResponseRecorder {
+	t.Helper()
+	r := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+	r.RemoteAddr = ip + ":40000"
+	r.Header.Set("Accept", "text/plain")
+	w := httptest.NewRecorder()
+	p.ServeHTTP(w, r)
+	if w.Code != http.StatusOK {
+		t.Fatalf("scrape from %s answered %d", ip, w.Code)
 	}
-	select {
-	case <-p.FinalScrape():
-		t.Fatal("FinalScrape closed before StartFinal")
-	default:
+	return w
+}
+
+func TestProxyPendingScrapers(t *testing.T) {
+	const a1, a2, gone = "10.0.0.1", "10.0.0.2", "10.0.0.3"
+	tests := []struct {
+		name string
+		// after both scrapers scraped the running app and the app's state
+		// was fetched once more and it stopped: who scrapes, in order,
+		// and who is pending after each scrape.
+		scrapes     []string
+		wantPending [][]string
+	}{
+		{"nobody scraped yet", nil, nil},
+		{"one of an HA pair", []string{a1}, [][]string{{a2}}},
+		{"both of an HA pair", []string{a1, a2}, [][]string{{a2}, {}}},
+		{"the same one twice", []string{a2, a2}, [][]string{{a1}, {a1}}},
 	}
-	p.StartFinal()
-	get(t, proxy.URL+"/other", nil)
-	select {
-	case <-p.FinalScrape():
-		t.Fatal("a request to another path closed FinalScrape")
-	default:
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := newApp(t)
+			p, _ := newProxy(t, a.srv.URL+"/metrics", proxyOpts{})
+			scrapeFrom(t, p, gone)
+			since := time.Now()
+			scrapeFrom(t, p, a1)
+			scrapeFrom(t, p, a2)
+			// a2's answer is a newer state than a1's.
+			if got, want := p.Pending(since), []string{a1}; !slices.Equal(got, want) {
+				t.Fatalf("pending %v after two live scrapes, want %v", got, want)
+			}
+			// The fetch at termination keeps a newer state; then the app
+			// stops answering.
+			a.counter.Add(5)
+			if n, err := p.Refresh(context.Background()); n != 1 || err != nil {
+				t.Fatalf("Refresh = %d, %v", n, err)
+			}
+			a.srv.Close()
+			p.StartFinal()
+			select { // the cue of the scrapes before
+			case <-p.Answered():
+			default:
+			}
+			if got, want := p.Pending(since), []string{a1, a2}; !slices.Equal(got, want) {
+				t.Fatalf("pending %v after the final fetch, want %v (the scraper from before since is not waited for)", got, want)
+			}
+			for i, ip := range tt.scrapes {
+				w := scrapeFrom(t, p, ip)
+				if w.Header().Get(metricsproxy.SourceHeader) != "last-good" || !strings.Contains(w.Body.String(), "app_ticks_total 5") {
+					t.Fatalf("scrape from %s got %q, want the last state fetched", ip, w.Body.String())
+				}
+				select {
+				case <-p.Answered():
+				default:
+					t.Error("Answered did not signal the scrape")
+				}
+				if got := p.Pending(since); !slices.Equal(got, tt.wantPending[i]) && !(len(got) == 0 && len(tt.wantPending[i]) == 0) {
+					t.Errorf("after the scrape from %s pending %v, want %v", ip, got, tt.wantPending[i])
+				}
+			}
+		})
 	}
-	get(t, proxy.URL+"/metrics", nil)
-	waitClosed(t, p.FinalScrape(), "a scrape after StartFinal did not close FinalScrape")
 }
 
 func waitFor(t *testing.T, cond func() bool, msg string) {

@@ -55,6 +55,10 @@ type Options struct {
 	// APIServerFlags are appended to the kube-apiserver command line; a flag
 	// given twice takes the later value, so these override the defaults.
 	APIServerFlags []string
+	// ServingHosts are added to the API server certificate's SANs (beside
+	// 127.0.0.1 and localhost), for clients that reach it another way: a
+	// node's pods through the "kubernetes" Service's ClusterIP and name.
+	ServingHosts []string
 	// KeepDir leaves the working directory (logs, certificates, etcd data)
 	// in place on Stop, for debugging a failing test. Without it etcd keeps
 	// its data on tmpfs (/dev/shm), where its fsyncs cost nothing.
@@ -159,7 +163,7 @@ type credentialFiles struct {
 }
 
 func (cp *ControlPlane) writeCredentials() (credentialFiles, error) {
-	certs, err := NewServingCert("127.0.0.1", "localhost")
+	certs, err := NewServingCert(append([]string{"127.0.0.1", "localhost"}, cp.opts.ServingHosts...)...)
 	if err != nil {
 		return credentialFiles{}, err
 	}

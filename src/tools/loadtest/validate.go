@@ -11,7 +11,7 @@ import (
 	"strings"
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/admission"
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/jsonscan"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/tools/loadtest/jsonscan"
 )
 
 // Expect is what every answer of a run must look like.

@@ -8,9 +8,14 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/admission"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/semaphore"
@@ -85,22 +90,22 @@ type flags struct {
 	redisAddrs, passwordFile, redisTimeout                                 string
 	leaseTTL, leaseURL, noQuorum                                           string
 	image, pullPolicy, sidecarPort, cpuReq, memReq, cpuLim, memLim, native string
-	finalWait, delay, shutdown, logLevel, logFormat                        string
+	scrapeInterval, delay, shutdown, logLevel, logFormat                   string
 	kube                                                                   kubeFlags
 }
 
 func defineFlags(fs *flag.FlagSet) *flags {
 	f := &flags{}
 	str := func(p *string, name, def, help string) { fs.StringVar(p, name, def, help) }
-	boolean := func(p *string, name, help string) {
-		*p = "false"
+	boolean := func(p *string, name, def, help string) {
+		*p = def
 		fs.Var((*boolValue)(p), name, help)
 	}
 	str(&f.listen, "listen-address", ":9443", "TLS listener: /mutate and the lease API /v1/leases/*")
 	str(&f.metrics, "metrics-address", ":8080", "/metrics (the webhook's own metrics)")
 	str(&f.probes, "probe-address", ":8081", "/healthz, /readyz")
 	str(&f.certDir, "cert-dir", "/tls", "directory holding tls.crt, tls.key and ca.crt; re-read when they change")
-	boolean(&f.http2, "enable-http2", "HTTP/2 on the TLS listener (off: CVE-2023-44487)")
+	boolean(&f.http2, "enable-http2", "false", "HTTP/2 on the TLS listener (off: CVE-2023-44487)")
 	str(&f.redisAddrs, "redis-addresses", "", "comma-separated host:port of the M Redis nodes (odd M); required")
 	str(&f.passwordFile, "redis-password-file", "", "file holding the Redis password")
 	str(&f.redisTimeout, "redis-timeout", "50ms", "per-node dial/read/write timeout")
@@ -114,8 +119,8 @@ func defineFlags(fs *flag.FlagSet) *flags {
 	str(&f.memReq, "sidecar-memory-request", "16Mi", "memory request of the sidecar (empty: none)")
 	str(&f.cpuLim, "sidecar-cpu-limit", "", "CPU limit of the sidecar (empty: none)")
 	str(&f.memLim, "sidecar-memory-limit", "32Mi", "memory limit of the sidecar (empty: none)")
-	boolean(&f.native, "native-sidecar", "inject into initContainers with restartPolicy Always")
-	str(&f.finalWait, "final-scrape-wait", "40s", "how long a terminating sidecar waits for one more scrape")
+	boolean(&f.native, "native-sidecar", "true", "inject a native sidecar (first init container, restartPolicy Always), which the kubelet stops only after the app containers exited; false: a regular container, signalled together with them")
+	str(&f.scrapeInterval, "scrape-interval", "60s", "the longest scrape interval of the Prometheus servers that scrape opted-in pods (pod annotation scrape-interval overrides it); a terminating sidecar waits up to this plus 5s after the app stopped, and the pod's grace period grows by this plus 10s")
 	str(&f.delay, "shutdown-delay", "5s", "after SIGTERM, keep serving this long with readiness failing before closing the listeners")
 	str(&f.shutdown, "shutdown-timeout", "20s", "bound on finishing in-flight requests after SIGTERM")
 	str(&f.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -249,45 +254,48 @@ func parseSidecar(c *Config, f *flags, src sources) error {
 	if strings.ContainsAny(f.image, " \t\n") {
 		return src.invalid("sidecar-image", f.image, "must be an image reference without spaces, e.g. ghcr.io/kaidotio/prometheus-metrics-proxy-hook:v0.1.0")
 	}
-	switch f.pullPolicy {
-	case "Always", "IfNotPresent", "Never":
-	default:
+	pullPolicies := []corev1.PullPolicy{corev1.PullAlways, corev1.PullIfNotPresent, corev1.PullNever}
+	if !slices.Contains(pullPolicies, corev1.PullPolicy(f.pullPolicy)) {
 		return src.invalid("sidecar-image-pull-policy", f.pullPolicy, "must be Always, IfNotPresent or Never")
 	}
 	port, err := strconv.Atoi(f.sidecarPort)
-	if err != nil || port < 1 || port > 65535 {
+	if err != nil || len(validation.IsValidPortNum(port)) != 0 {
 		return src.invalid("sidecar-port", f.sidecarPort, "must be a port number from 1 to 65535")
 	}
-	finalScrapeWait, err := duration(f.finalWait, 0, time.Hour)
+	scrapeInterval, err := duration(f.scrapeInterval, admission.MinScrapeInterval, admission.MaxScrapeInterval)
 	if err != nil {
-		return src.invalid("final-scrape-wait", f.finalWait, err.Error())
+		return src.invalid("scrape-interval", f.scrapeInterval, err.Error())
 	}
 	c.Sidecar = admission.Sidecar{
-		Image: f.image, PullPolicy: f.pullPolicy, Port: int32(port), Native: native,
-		FinalScrapeWait: finalScrapeWait, LeaseURL: strings.TrimSuffix(f.leaseURL, "/"),
+		Image: f.image, PullPolicy: corev1.PullPolicy(f.pullPolicy), Command: []string{admission.SidecarCommand},
+		Port: int32(port), Native: native,
+		ScrapeInterval: scrapeInterval, LeaseURL: strings.TrimSuffix(f.leaseURL, "/"),
 	}
 	return parseSidecarResources(&c.Sidecar, f, src)
 }
 
 func parseSidecarResources(s *admission.Sidecar, f *flags, src sources) error {
 	for _, q := range []struct {
-		name string
-		in   string
-		out  *string
+		name, in string
+		list     *corev1.ResourceList
+		resource corev1.ResourceName
 	}{
-		{"sidecar-cpu-request", f.cpuReq, &s.CPURequest},
-		{"sidecar-memory-request", f.memReq, &s.MemoryRequest},
-		{"sidecar-cpu-limit", f.cpuLim, &s.CPULimit},
-		{"sidecar-memory-limit", f.memLim, &s.MemoryLimit},
+		{"sidecar-cpu-request", f.cpuReq, &s.Resources.Requests, corev1.ResourceCPU},
+		{"sidecar-memory-request", f.memReq, &s.Resources.Requests, corev1.ResourceMemory},
+		{"sidecar-cpu-limit", f.cpuLim, &s.Resources.Limits, corev1.ResourceCPU},
+		{"sidecar-memory-limit", f.memLim, &s.Resources.Limits, corev1.ResourceMemory},
 	} {
 		if q.in == "" {
 			continue
 		}
-		v, sign, err := canonicalQuantity(q.in)
-		if err != nil || sign <= 0 {
+		v, err := resource.ParseQuantity(q.in)
+		if err != nil || v.Sign() <= 0 {
 			return src.invalid(q.name, q.in, "must be a positive Kubernetes quantity such as 10m, 16Mi or 0.5, or empty for none")
 		}
-		*q.out = v
+		if *q.list == nil {
+			*q.list = corev1.ResourceList{}
+		}
+		(*q.list)[q.resource] = v
 	}
 	return nil
 }
@@ -340,7 +348,7 @@ func validPort(s string, zeroOK bool) bool {
 	if err != nil {
 		return false
 	}
-	return n <= 65535 && (n >= 1 || (zeroOK && n == 0))
+	return len(validation.IsValidPortNum(n)) == 0 || (zeroOK && n == 0)
 }
 
 func duration(s string, lo, hi time.Duration) (time.Duration, error) {

@@ -5,9 +5,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/admission"
 )
@@ -26,8 +30,12 @@ func TestDefaults(t *testing.T) {
 		RedisAddresses: []string{"r0:6379", "r1:6379", "r2:6379"}, RedisTimeout: 50 * time.Millisecond,
 		LeaseTTL: 30 * time.Second, NoQuorumPolicy: admission.NoQuorumDeny, ShutdownTimeout: 20 * time.Second, ShutdownDelay: 5 * time.Second,
 		LogLevel: "info", LogFormat: "json",
-		Sidecar: admission.Sidecar{Image: "img:1", PullPolicy: "IfNotPresent", Port: 65532, CPURequest: "10m",
-			MemoryRequest: "16Mi", MemoryLimit: "32Mi", FinalScrapeWait: 40 * time.Second, LeaseURL: "https://pmph.ns.svc:443"},
+		Sidecar: admission.Sidecar{Image: "img:1", PullPolicy: corev1.PullIfNotPresent, Command: []string{admission.SidecarCommand}, Port: 65532,
+			Resources: corev1.ResourceRequirements{
+				Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("16Mi")},
+				Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("32Mi")},
+			},
+			Native: true, ScrapeInterval: time.Minute, LeaseURL: "https://pmph.ns.svc:443"},
 	}
 	if !equalConfig(c, &want) {
 		t.Fatalf("got %+v\nwant %+v", *c, want)
@@ -38,7 +46,7 @@ func equalConfig(a, b *Config) bool {
 	return strings.Join(a.RedisAddresses, ",") == strings.Join(b.RedisAddresses, ",") &&
 		a.ListenAddress == b.ListenAddress && a.MetricsAddress == b.MetricsAddress && a.ProbeAddress == b.ProbeAddress &&
 		a.CertDir == b.CertDir && a.EnableHTTP2 == b.EnableHTTP2 && a.RedisTimeout == b.RedisTimeout && a.LeaseTTL == b.LeaseTTL &&
-		a.NoQuorumPolicy == b.NoQuorumPolicy && a.Sidecar == b.Sidecar && a.ShutdownTimeout == b.ShutdownTimeout && a.ShutdownDelay == b.ShutdownDelay &&
+		a.NoQuorumPolicy == b.NoQuorumPolicy && reflect.DeepEqual(a.Sidecar, b.Sidecar) && a.ShutdownTimeout == b.ShutdownTimeout && a.ShutdownDelay == b.ShutdownDelay &&
 		a.LogLevel == b.LogLevel && a.LogFormat == b.LogFormat && a.RedisPassword == b.RedisPassword
 }
 
@@ -53,14 +61,15 @@ func TestEnvAndFlags(t *testing.T) {
 		"PMPH_REDIS_PASSWORD_FILE":  pw,
 		"PMPH_NO_QUORUM_POLICY":     "allow",
 		"PMPH_SIDECAR_MEMORY_LIMIT": "", // empty means unset
-		"PMPH_FINAL_SCRAPE_WAIT":    "1m",
+		"PMPH_SCRAPE_INTERVAL":      "15s",
 	}), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !c.EnableHTTP2 || !c.Sidecar.Native || c.Sidecar.Port != 9000 || c.RedisPassword != "s3cret" ||
-		c.NoQuorumPolicy != admission.NoQuorumAllow || c.Sidecar.CPULimit != "500m" || c.Sidecar.MemoryLimit != "32Mi" ||
-		c.Sidecar.FinalScrapeWait != time.Minute {
+		c.NoQuorumPolicy != admission.NoQuorumAllow || c.Sidecar.Resources.Limits.Cpu().String() != "500m" ||
+		c.Sidecar.Resources.Limits.Memory().String() != "32Mi" ||
+		c.Sidecar.ScrapeInterval != 15*time.Second {
 		t.Fatalf("config %+v", *c)
 	}
 }
@@ -82,6 +91,11 @@ func TestConfigErrors(t *testing.T) {
 		{[]string{"--redis-addresses=a", "--lease-url=https://x", "--sidecar-image=i"}, nil, `"a" must be host:port`},
 		{append(required, "extra"), nil, `unexpected argument "extra"`},
 		{[]string{"--redis-addresses=a:1", "--lease-url=https://x"}, nil, "missing --sidecar-image (or PMPH_SIDECAR_IMAGE)"},
+		{[]string{"--redis-addresses=a:1", "--lease-url=https://x", "--sidecar-image=img 1"}, nil, `invalid --sidecar-image "img 1": must be an image reference without spaces`},
+		{[]string{"--lease-url=https://x", "--sidecar-image=i"}, map[string]string{"PMPH_REDIS_ADDRESSES": " "}, "missing --redis-addresses (or PMPH_REDIS_ADDRESSES)"},
+		{[]string{"--redis-addresses=a:1", "--sidecar-image=i"}, nil, "missing --lease-url (or PMPH_LEASE_URL)"},
+		{append(required, "--sidecar-memory-request=-1Mi"), nil, `invalid --sidecar-memory-request "-1Mi": must be a positive Kubernetes quantity`},
+		{append(required, "--metrics-address=:70000"), nil, `invalid --metrics-address ":70000"`},
 	}
 	for _, tc := range cases {
 		_, err := ParseConfig(tc.args, env(tc.env), io.Discard)

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/jsonscan"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/tools/loadtest/jsonscan"
 )
 
 // FuzzScanner checks the scanner against encoding/json: it accepts exactly
