@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -33,6 +34,10 @@ func TestCIValuesRender(t *testing.T) {
 		"PodDisruptionBudget":          func(t *testing.T, o object) { decode[policyv1.PodDisruptionBudget](t, o) },
 		"NetworkPolicy":                func(t *testing.T, o object) { decode[networkingv1.NetworkPolicy](t, o) },
 		"MutatingWebhookConfiguration": func(t *testing.T, o object) { decode[admissionregistrationv1.MutatingWebhookConfiguration](t, o) },
+		"ClusterRole":                  func(t *testing.T, o object) { decode[rbacv1.ClusterRole](t, o) },
+		"ClusterRoleBinding":           func(t *testing.T, o object) { decode[rbacv1.ClusterRoleBinding](t, o) },
+		"Role":                         func(t *testing.T, o object) { decode[rbacv1.Role](t, o) },
+		"RoleBinding":                  func(t *testing.T, o object) { decode[rbacv1.RoleBinding](t, o) },
 		"Certificate":                  nil,
 		"Issuer":                       nil,
 		"PeerAuthentication":           nil,
@@ -63,7 +68,8 @@ func TestCIValuesRender(t *testing.T) {
 					t.Errorf("%s: bad name: %v", o, errs)
 				}
 				wantNS := namespace
-				if o.Kind == "MutatingWebhookConfiguration" {
+				switch o.Kind {
+				case "MutatingWebhookConfiguration", "ClusterRole", "ClusterRoleBinding":
 					wantNS = ""
 				}
 				if o.Namespace != wantNS {
@@ -84,6 +90,7 @@ func TestKindsPerToggle(t *testing.T) {
 		"Deployment": 1, "Service": 2, "ServiceAccount": 1, "PodDisruptionBudget": 2,
 		"MutatingWebhookConfiguration": 1, "Issuer": 2, "Certificate": 2,
 		"StatefulSet": 1, "Secret": 1, "ConfigMap": 1, "Pod": 2,
+		"ClusterRole": 1, "ClusterRoleBinding": 1, "Role": 1, "RoleBinding": 1,
 	}
 	with := func(changes map[string]int) map[string]int {
 		m := map[string]int{}
@@ -136,6 +143,8 @@ func TestKindsPerToggle(t *testing.T) {
 		{"no PDBs, no service account", renderOpts{values: "webhook: {podDisruptionBudget: {enabled: false}}\nredis: {podDisruptionBudget: {enabled: false}}\nserviceAccount: {create: false}"},
 			with(map[string]int{"PodDisruptionBudget": 0, "ServiceAccount": 0})},
 		{"no tests", renderOpts{values: "tests: {enabled: false}"}, with(map[string]int{"Pod": 0})},
+		{"no rbac", renderOpts{values: "rbac: {create: false}"},
+			with(map[string]int{"ClusterRole": 0, "ClusterRoleBinding": 0, "Role": 0, "RoleBinding": 0})},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -250,7 +259,11 @@ func TestWebhookArgs(t *testing.T) {
 			"enable-http2":         "false",
 			"sidecar-memory-limit": "32Mi",
 			"redis-password-file":  "/run/secrets/redis/password",
-		}, []string{"sidecar-cpu-limit"}},
+			"reconcile-window":     "90s",
+			"reconcile-interval":   "15s",
+		}, []string{"sidecar-cpu-limit", "kubeconfig"}},
+		{"reconciler settings", "reconciler: {window: 2m, interval: 5s}", map[string]string{
+			"reconcile-window": "2m", "reconcile-interval": "5s"}, nil},
 		{"image tag follows into the sidecar", "image: {tag: v9}", map[string]string{
 			"sidecar-image": "ghcr.io/kaidotio/prometheus-metrics-proxy-hook:v9"}, nil},
 		{"image digest", "image: {digest: sha256:" + strings.Repeat("a", 64) + "}", map[string]string{
@@ -279,7 +292,7 @@ func TestWebhookArgs(t *testing.T) {
 				t.Errorf("command %q, want [%s]", c.Command, webhookCommand)
 			}
 			// Every flag the chart passes is one the webhook has.
-			known := regexp.MustCompile(`^--(listen-address|metrics-address|probe-address|cert-dir|enable-http2|redis-addresses|redis-password-file|redis-timeout|lease-ttl|lease-url|no-quorum-policy|sidecar-image|sidecar-image-pull-policy|sidecar-port|sidecar-cpu-request|sidecar-memory-request|sidecar-cpu-limit|sidecar-memory-limit|native-sidecar|scrape-interval|shutdown-timeout|log-level|log-format)=`)
+			known := regexp.MustCompile(`^--(listen-address|metrics-address|probe-address|cert-dir|enable-http2|redis-addresses|redis-password-file|redis-timeout|lease-ttl|lease-url|no-quorum-policy|sidecar-image|sidecar-image-pull-policy|sidecar-port|sidecar-cpu-request|sidecar-memory-request|sidecar-cpu-limit|sidecar-memory-limit|native-sidecar|scrape-interval|shutdown-timeout|log-level|log-format|reconcile-window|reconcile-interval|leader-election-namespace|leader-election-lease-name)=`)
 			for _, a := range c.Args {
 				if !known.MatchString(a) {
 					t.Errorf("unknown webhook flag %q", a)
@@ -290,7 +303,7 @@ func TestWebhookArgs(t *testing.T) {
 }
 
 // The webhook Deployment: replicas, rolling update, spread, PDB, the serving
-// Secret at --cert-dir, no service account token.
+// Secret at --cert-dir, the service account token (the reconciler's).
 func TestWebhookDeployment(t *testing.T) {
 	r := mustRender(t, renderOpts{})
 	d := r.deployment(t)
@@ -301,8 +314,8 @@ func TestWebhookDeployment(t *testing.T) {
 		t.Errorf("strategy %+v", d.Spec.Strategy)
 	}
 	spec := d.Spec.Template.Spec
-	if spec.AutomountServiceAccountToken == nil || *spec.AutomountServiceAccountToken {
-		t.Error("the webhook pods must not mount a service account token")
+	if spec.AutomountServiceAccountToken == nil || !*spec.AutomountServiceAccountToken {
+		t.Error("the webhook pods must mount their service account token: the reconciler calls the API server")
 	}
 	sa := decode[corev1.ServiceAccount](t, r.get(t, "ServiceAccount", fullname))
 	if sa.AutomountServiceAccountToken == nil || *sa.AutomountServiceAccountToken || spec.ServiceAccountName != sa.Name {
@@ -816,6 +829,8 @@ func TestPrometheusRule(t *testing.T) {
 		"PrometheusMetricsProxyHookSemaphoresFull":       `prometheus_metrics_proxy_hook_semaphore_operations_total{namespace="pmph-system",service="` + fullname + `",operation="acquire",result="full"}`,
 		"PrometheusMetricsProxyHookLeaseRenewalFailures": `operation="renew",result=~"lost|no_quorum|error"`,
 		"PrometheusMetricsProxyHookPodsOverLimit":        `prometheus_metrics_proxy_hook_lease_api_requests_total{namespace="pmph-system",service="` + fullname + `",operation="acquire",code="409"}`,
+		"PrometheusMetricsProxyHookReleasesPilingUp":     `prometheus_metrics_proxy_hook_reconciler_releases_total{namespace="pmph-system",service="` + fullname + `",cause="no_pod"}`,
+		"PrometheusMetricsProxyHookReconcilerFailing":    `prometheus_metrics_proxy_hook_reconciler_sweeps_total{namespace="pmph-system",service="` + fullname + `",result="error"}`,
 	}
 	got := map[string]bool{}
 	for _, x := range rules {

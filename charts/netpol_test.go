@@ -246,10 +246,14 @@ func TestNetworkPolicyFlows(t *testing.T) {
 		{src: test, dst: kubeDNS, port: 53, proto: udp, want: true},
 		{src: webhook, dst: otherKubeSystem, port: 53, proto: udp, want: false},
 		{src: strayPod, dst: kubeDNS, port: 53, proto: udp, want: false},
-		// Webhook egress: Redis and DNS, nothing else.
+		// Webhook egress: Redis, DNS and the API server, nothing else.
+		{src: webhook, dst: apiServer, port: 6443, want: true},
+		{src: webhook, dst: apiServer, port: 443, want: true},
+		{src: webhook, dst: apiServer, port: 2379, want: false},
 		{src: webhook, dst: userPod, port: 65532, want: false},
 		{src: webhook, dst: internet, port: 443, want: false},
-		{src: webhook, dst: apiServer, port: 6443, want: false},
+		{src: redis, dst: apiServer, port: 6443, want: false},
+		{src: test, dst: apiServer, port: 6443, want: false},
 		{src: webhook, dst: externalNode, port: 6379, want: false},
 		{src: webhook, dst: istiod, port: 15012, want: false},
 		// Redis dials nobody.
@@ -291,7 +295,11 @@ func TestNetworkPolicyFlowsExternalRedis(t *testing.T) {
 		{src: webhook, dst: externalNode, port: 6379, want: true},
 		{src: webhook, dst: externalNode, port: 6380, want: true},
 		{src: webhook, dst: externalNode, port: 6381, want: false},
-		{src: webhook, dst: internet, port: 443, want: false},
+		// Without apiServer.peers the API server's ports are open to any
+		// destination: its address is the cluster's own.
+		{src: webhook, dst: apiServer, port: 6443, want: true},
+		{src: webhook, dst: internet, port: 443, want: true},
+		{src: webhook, dst: internet, port: 80, want: false},
 		{src: webhook, dst: kubeDNS, port: 53, proto: corev1.ProtocolUDP, want: true},
 		{src: apiServer, dst: webhook, port: 9443, want: true},
 		{src: prometheus, dst: webhook, port: 8080, want: true},

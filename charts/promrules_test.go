@@ -140,6 +140,30 @@ func TestAlertsFire(t *testing.T) {
 		}, "5m", map[string][]alert{
 			"PrometheusMetricsProxyHookPodsOverLimit": nil,
 		}},
+		{"releases piling up", []map[string]any{
+			{"series": m("reconciler_releases_total", `,cause="no_pod"`), "values": "0+1x40"},
+			{"series": m("reconciler_releases_total", `,cause="pod_deleted"`), "values": "0+5x40"},
+		}, "35m", map[string][]alert{
+			"PrometheusMetricsProxyHookReleasesPilingUp": {fires("", map[string]string{"severity": "warning"})},
+		}},
+		{"a few releases, deleted pods do not count", []map[string]any{
+			{"series": m("reconciler_releases_total", `,cause="no_pod"`), "values": "0 1 2 3 3x40"},
+			{"series": m("reconciler_releases_total", `,cause="pod_deleted"`), "values": "0+5x40"},
+		}, "35m", map[string][]alert{
+			"PrometheusMetricsProxyHookReleasesPilingUp": nil,
+		}},
+		{"reconciler failing", []map[string]any{
+			{"series": m("reconciler_sweeps_total", `,result="error"`), "values": "0+4x60"},
+			{"series": m("reconciler_sweeps_total", `,result="ok"`), "values": "100x60"},
+		}, "40m", map[string][]alert{
+			"PrometheusMetricsProxyHookReconcilerFailing": {fires("", map[string]string{"severity": "warning"})},
+		}},
+		{"reconciler recovering", []map[string]any{
+			{"series": m("reconciler_sweeps_total", `,result="error"`), "values": "0+4x60"},
+			{"series": m("reconciler_sweeps_total", `,result="ok"`), "values": "0+1x60"},
+		}, "40m", map[string][]alert{
+			"PrometheusMetricsProxyHookReconcilerFailing": nil,
+		}},
 		{"other releases do not count", []map[string]any{
 			{"series": `prometheus_metrics_proxy_hook_redis_node_up{namespace="other",service="x",pod="w9",node="c"}`, "values": "0x30"},
 			{"series": `prometheus_metrics_proxy_hook_redis_node_up{namespace="other",service="x",pod="w9",node="a"}`, "values": "1x30"},

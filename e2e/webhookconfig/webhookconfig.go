@@ -103,11 +103,15 @@ func WaitServed(ctx context.Context, cp *kubetest.ControlPlane, namespace, conta
 				Containers []struct {
 					Name string `json:"name"`
 				} `json:"containers"`
+				// A native sidecar is an init container.
+				InitContainers []struct {
+					Name string `json:"name"`
+				} `json:"initContainers"`
 			} `json:"spec"`
 		}
 		err := cp.Do(ctx, http.MethodPost, "/api/v1/namespaces/"+namespace+"/pods?dryRun=All", pod, &created)
 		if err == nil {
-			for _, c := range created.Spec.Containers {
+			for _, c := range append(created.Spec.Containers, created.Spec.InitContainers...) {
 				if c.Name == container {
 					return nil
 				}

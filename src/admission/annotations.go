@@ -62,6 +62,10 @@ type plan struct {
 	warnings       []string
 
 	hasAnnotations bool
+	// hasLabels tells whether the holder label goes into an existing map.
+	hasLabels bool
+	// record is what Redis keeps about the slot taken for the pod.
+	record         semaphore.Record
 	initContainers int
 	// hasVolumes: spec.volumes is an array (perhaps empty), so the token
 	// volume is appended to it rather than creating it.
@@ -85,6 +89,7 @@ func planFor(pod *podObject, sidecarPort int32, defaultScrapeInterval time.Durat
 		metricsPath: defaultMetricsPath, startupTimeout: DefaultStartupTimeout,
 		hasAnnotations: pod.Annotations != nil, initContainers: len(pod.Spec.InitContainers), gracePeriod: defaultGracePeriod,
 		containers: pod.Spec.Containers, hasVolumes: pod.Spec.Volumes != nil,
+		hasLabels: pod.Labels != nil, record: leaseRecord(pod),
 	}
 	if tg := pod.Spec.TerminationGracePeriodSeconds; tg != nil {
 		p.gracePeriod = *tg

@@ -111,7 +111,7 @@ func (h *Handler) semaphoreEnv(r *http.Request, d *decision, p *plan) (*leaseEnv
 func (h *Handler) takeSlot(r *http.Request, d *decision, p *plan) (*semaphore.Lease, *denial) {
 	h.cfg.Logger.Debug().Str("uid", string(d.uid)).Str("semaphore", d.semaphore).Msg("taking a semaphore slot")
 	ctx, cancel := context.WithTimeout(r.Context(), reviewBudget(r.URL.RawQuery))
-	lease, err := h.cfg.Semaphore.Acquire(ctx, d.semaphore, p.semaphoreSize, p.startupTimeout)
+	lease, err := h.acquire(ctx, d.semaphore, p)
 	cancel()
 	var full *semaphore.FullError
 	switch {
@@ -124,7 +124,7 @@ func (h *Handler) takeSlot(r *http.Request, d *decision, p *plan) (*semaphore.Le
 			"no slot of semaphore %q was taken: the API server stopped waiting", d.semaphore)}
 	case errors.As(err, &full):
 		return nil, &denial{code: 429, reason: reasonFull, message: full.Error() +
-			"; the pod will be created when a slot frees up"}
+			h.describeHolders(r.Context(), d.semaphore, p.semaphoreSize) + "; the pod will be created when a slot frees up"}
 	case h.cfg.NoQuorumPolicy == NoQuorumAllow:
 		d.reason, d.message = reasonNoQuorumAllowed, err.Error()
 		d.answer.warnings = append(d.answer.warnings, fmt.Sprintf(

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -411,6 +412,9 @@ func TestSemaphoreGate(t *testing.T) {
 		if !semaphore.ValidHolderID(holder) || (slot != "0" && slot != "1") {
 			t.Fatalf("slot %q holder %q", slot, holder)
 		}
+		if pod.Labels[LabelHolder] != holder {
+			t.Fatalf("labels %v, want the holder label %q", pod.Labels, holder)
+		}
 		wantEnv := map[string]string{
 			"PMPH_LEASE_URL": testLeaseURL, "PMPH_LEASE_CA": testCA, "PMPH_LEASE_NAMESPACE": testNamespace,
 			"PMPH_LEASE_KEY": "batch", "PMPH_LEASE_SIZE": "2", "PMPH_LEASE_SLOT": slot, "PMPH_LEASE_HOLDER": holder,
@@ -434,8 +438,8 @@ func TestSemaphoreGate(t *testing.T) {
 	if resp.Allowed || resp.Patch != nil {
 		t.Fatalf("third pod must be denied: %+v", resp)
 	}
-	want := `semaphore "team-a/batch" is full (2/2 slots held); the pod will be created when a slot frees up`
-	if resp.Result.Message != want || resp.Result.Code != 429 || resp.Result.Reason != metav1.StatusReasonTooManyRequests {
+	want := regexp.MustCompile(`^semaphore "team-a/batch" is full \(2/2 slots held\); its slots are held by pod app-\* \(slot 0, for [0-9]+s\), pod app-\* \(slot 1, for [0-9]+s\); the pod will be created when a slot frees up$`)
+	if !want.MatchString(resp.Result.Message) || resp.Result.Code != 429 || resp.Result.Reason != metav1.StatusReasonTooManyRequests {
 		t.Fatalf("full denial: %+v, want message %q code 429", resp.Result, want)
 	}
 
@@ -757,5 +761,39 @@ func TestClientDisconnectReleasesTheSlot(t *testing.T) {
 	}
 	if !strings.Contains(f.logs.String(), "the slot taken for it was given back") {
 		t.Fatalf("log: %s", f.logs.String())
+	}
+}
+
+// TestLeaseRecordAndHolderLabel checks what the reconciler relies on: the
+// holder label next to existing labels, and the lease record naming the pod
+// and its controller.
+func TestLeaseRecordAndHolderLabel(t *testing.T) {
+	f := newFixture(t, nil)
+	pod := semaphorePod("rec", "1")
+	pod.GenerateName, pod.Name = "", "web-0"
+	pod.Labels = map[string]string{"app": "web"}
+	isController := true
+	pod.OwnerReferences = []metav1.OwnerReference{
+		{APIVersion: "v1", Kind: "ConfigMap", Name: "not-the-controller", UID: "cm-uid"},
+		{APIVersion: "apps/v1", Kind: "StatefulSet", Name: "web", UID: "sts-uid", Controller: &isController},
+	}
+	raw := mustJSON(pod)
+	resp := admit(t, f.h, reviewOfRaw(t, raw, reviewOpts{}))
+	if !resp.Allowed {
+		t.Fatalf("denied: %+v", resp.Result)
+	}
+	got := patched(t, raw, resp)
+	holder := got.Annotations[AnnotationHolder]
+	if got.Labels[LabelHolder] != holder || got.Labels["app"] != "web" {
+		t.Fatalf("labels %v, want app=web and the holder %q", got.Labels, holder)
+	}
+	leases, err := f.sem.Leases(context.Background(), testNamespace+"/rec", 1)
+	if err != nil || len(leases) != 1 || leases[0].Holder != holder || leases[0].Record == nil {
+		t.Fatalf("leases %+v, %v: want one with a record", leases, err)
+	}
+	rec := leases[0].Record
+	if rec.Pod != "web-0" || rec.Owner != "StatefulSet/web" || rec.OwnerAPIVersion != "apps/v1" || rec.OwnerUID != "sts-uid" ||
+		time.Since(rec.Granted) > time.Minute || time.Since(rec.Granted) < 0 {
+		t.Fatalf("record %+v, want pod web-0 owned by StatefulSet/web granted just now", rec)
 	}
 }

@@ -38,6 +38,9 @@ func (in *injection) patch(p *plan, lease *leaseEnv) ([]byte, error) {
 		return nil, err
 	}
 	ops := in.annotationOps(p, lease)
+	if lease != nil && lease.lease != nil {
+		ops = append(ops, holderLabelOp(p, lease.lease.Holder))
+	}
 	ops = append(ops, in.containerOp(p, sidecar))
 	ops = append(ops, patchOperation{Op: "add", Path: "/spec/terminationGracePeriodSeconds", Value: grace})
 	if in.native {

@@ -236,12 +236,23 @@ func (h *handler) acquire(ctx context.Context, req request) (answer, leaseapi.Le
 	if no != nil {
 		return *no, l, who
 	}
-	got, err := h.cfg.Semaphore.AcquireAs(ctx, l.Name(), ar.Size, h.cfg.TTL, l.Holder)
+	got, err := h.takeAgain(ctx, l, ar.Size, who)
 	if err != nil {
 		return semaphoreFailure(err), l, who
 	}
 	l.Slot = got.Slot
 	return answer{status: http.StatusOK, body: leaseapi.LeaseResponse{Lease: l, TTLSeconds: h.cfg.TTL.Seconds()}}, l, who
+}
+
+// takeAgain takes a slot for the caller's holder. A pod the token named
+// gets a lease record, so that its lease is never mistaken for one granted
+// before records (and tokens) existed, which the holder id alone may renew.
+func (h *handler) takeAgain(ctx context.Context, l leaseapi.Lease, size int, who caller) (semaphore.Lease, error) {
+	if who.pod.PodName == "" {
+		return h.cfg.Semaphore.AcquireAs(ctx, l.Name(), size, h.cfg.TTL, l.Holder)
+	}
+	rec := semaphore.Record{Granted: time.Now(), Pod: who.pod.PodName, UID: who.pod.PodUID}
+	return h.cfg.Semaphore.AcquireWithRecord(ctx, l.Name(), size, h.cfg.TTL, l.Holder, rec)
 }
 
 // semaphoreFailure maps the semaphore's typed errors to statuses a client

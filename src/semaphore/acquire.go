@@ -25,6 +25,10 @@ func (c *Client) Acquire(ctx context.Context, name string, size int, ttl time.Du
 // the holder already holds a slot on a node, that node answers it (and
 // refreshes its TTL) instead of claiming another.
 func (c *Client) AcquireAs(ctx context.Context, name string, size int, ttl time.Duration, holder string) (Lease, error) {
+	return c.acquireAs(ctx, name, size, ttl, holder, nil)
+}
+
+func (c *Client) acquireAs(ctx context.Context, name string, size int, ttl time.Duration, holder string, rec *Record) (Lease, error) {
 	if err := validate(name, size, ttl); err != nil {
 		return Lease{}, err
 	}
@@ -35,6 +39,7 @@ func (c *Client) AcquireAs(ctx context.Context, name string, size int, ttl time.
 	if err != nil {
 		return Lease{}, err
 	}
+	a.record = rec.args()
 	lease, err := a.run(ctx)
 	if err != nil {
 		a.settleSuspects(noSlot)
@@ -63,6 +68,9 @@ type acquisition struct {
 	holder string
 	nonce  string
 	began  time.Time
+	// record is the lease record's script arguments, written with every
+	// claim of this acquisition.
+	record []any
 	// suspects are the nodes that may have run a claim of this acquisition
 	// without the answer reaching it: an error (a timeout may come after
 	// the node ran the script, and a hung node runs what it queued when it
@@ -143,7 +151,7 @@ func (a *acquisition) pauseBeforeRetry(ctx context.Context, attempt int) error {
 
 // runAcquireScript claims, on one node, the first free slot in order.
 func (a *acquisition) runAcquireScript(n *node, order probe) (any, error) {
-	return n.eval(a.c.scripts.acquire, a.base, a.holder, a.ttlMS, a.size, order.start, a.nonce, order.stride)
+	return n.eval(a.c.scripts.acquire, a.base, a.withRecord(a.holder, a.ttlMS, a.size, order.start, a.nonce, order.stride)...)
 }
 
 // failed records a node's failure once and makes the node a suspect.

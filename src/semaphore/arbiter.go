@@ -86,7 +86,7 @@ func (a *acquisition) checkFull(ctx context.Context, fullNode int, fullFingerpri
 func (a *acquisition) claimArbitratedSlot(ctx context.Context, began time.Time, arbiter, slot int, failures []NodeError) (Lease, error) {
 	c := a.c
 	replies := c.fanoutExcept(arbiter, func(n *node) (any, error) {
-		return n.eval(c.scripts.claim, a.base, a.holder, slot, a.ttlMS, a.nonce)
+		return n.eval(c.scripts.claim, a.base, a.withRecord(a.holder, slot, a.ttlMS, a.nonce)...)
 	})
 	r := a.newRound(began, replies, len(c.nodes)-1)
 	r.failures = failures

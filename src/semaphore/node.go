@@ -28,19 +28,21 @@ func newScript(name, src string) *script {
 }
 
 type scripts struct {
-	acquire, claim, settle, fingerprints, renew, repair, release, inspect *script
+	acquire, claim, settle, fingerprints, renew, repair, release, inspect, leases, holders *script
 }
 
 func newScripts() scripts {
 	return scripts{
-		acquire:      newScript("acquire", acquireScript),
-		claim:        newScript("claim", claimScript),
-		settle:       newScript("settle", settleScript),
+		acquire:      newScript("acquire", recordLua+acquireScript),
+		claim:        newScript("claim", recordLua+claimScript),
+		settle:       newScript("settle", recordLua+settleScript),
 		fingerprints: newScript("fingerprints", fingerprintsScript),
-		renew:        newScript("renew", renewScript),
-		repair:       newScript("repair", repairScript),
+		renew:        newScript("renew", recordLua+renewScript),
+		repair:       newScript("repair", recordLua+repairScript),
 		release:      newScript("release", releaseScript),
 		inspect:      newScript("inspect", inspectScript),
+		leases:       newScript("leases", leasesScript),
+		holders:      newScript("holders", holdersScript),
 	}
 }
 

@@ -8,6 +8,9 @@ package semaphore
 //	                  once renewed), same TTL. It makes a retried Acquire with
 //	                  the same holder id idempotent without scanning every
 //	                  slot, and lets a failed acquisition cancel its claim.
+//	B:record:<holder> hash: the lease record (granted, pod, owner,
+//	                  owner_api, owner_uid, uid), written and expired with
+//	                  the holder's claim key, deleted with it.
 //	B:c:<nonce>       a settled acquisition: "-1" when it failed (its claims
 //	                  are refused), else the slot it won (a claim of that
 //	                  slot is let through, any other refused). It also
@@ -51,6 +54,7 @@ if settled then
   end
   redis.call('SET', skey, holder, 'PX', ttl)
   redis.call('SET', hkey, settled .. claim, 'PX', ttl)
+  keep_record(base, holder, ttl, 7)
   return {1, tonumber(settled)}
 end
 local mine = redis.call('GET', hkey)
@@ -59,6 +63,7 @@ if mine then
   if slot and tonumber(slot) < size and redis.call('GET', base .. ':' .. slot) == holder then
     redis.call('PEXPIRE', base .. ':' .. slot, ttl)
     redis.call('SET', hkey, slot .. claim, 'PX', ttl)
+    keep_record(base, holder, ttl, 7)
     return {1, tonumber(slot)}
   end
 end
@@ -68,6 +73,7 @@ for i = 0, size - 1 do
   if redis.call('EXISTS', skey) == 0 then
     redis.call('SET', skey, holder, 'PX', ttl)
     redis.call('SET', hkey, s .. claim, 'PX', ttl)
+    keep_record(base, holder, ttl, 7)
     return {1, s}
   end
 end
@@ -92,6 +98,7 @@ local v = redis.call('GET', skey)
 if v == holder then
   redis.call('PEXPIRE', skey, ARGV[3])
   redis.call('SET', base .. ':h:' .. holder, ARGV[2] .. ':', 'PX', ARGV[3])
+  keep_record(base, holder, ARGV[3], 4)
   return 1
 end
 if v then
@@ -108,6 +115,7 @@ local base = KEYS[1]
 local holder = ARGV[1]
 if redis.call('SET', base .. ':' .. ARGV[2], holder, 'NX', 'PX', ARGV[3]) then
   redis.call('SET', base .. ':h:' .. holder, ARGV[2] .. ':', 'PX', ARGV[3])
+  keep_record(base, holder, ARGV[3], 4)
   return 1
 end
 return 0
@@ -123,8 +131,9 @@ if redis.call('GET', skey) == holder then
   redis.call('DEL', skey)
   local hkey = base .. ':h:' .. holder
   local mine = redis.call('GET', hkey)
-  if mine and string.match(mine, '^%d+') == ARGV[2] then
+  if not mine or string.match(mine, '^%d+') == ARGV[2] then
     redis.call('DEL', hkey)
+    redis.call('DEL', base .. ':record:' .. holder)
   end
   return 1
 end
@@ -183,6 +192,7 @@ if v and v ~= holder then
 end
 redis.call('SET', skey, holder, 'PX', ARGV[3])
 redis.call('SET', base .. ':h:' .. holder, ARGV[2] .. ':' .. ARGV[4], 'PX', ARGV[3])
+keep_record(base, holder, ARGV[3], 5)
 return 1
 `
 
@@ -219,6 +229,7 @@ if mine then
       redis.call('DEL', skey)
     end
     redis.call('DEL', hkey)
+    redis.call('DEL', base .. ':record:' .. holder)
   end
 end
 if outcome ~= '-1' then
@@ -227,8 +238,63 @@ if outcome ~= '-1' then
   if not v or v == holder then
     redis.call('SET', skey, holder, 'PX', ARGV[3])
     redis.call('SET', hkey, outcome .. ':' .. ARGV[2], 'PX', ARGV[3])
+    keep_record(base, holder, ARGV[3], 5)
     return 1
   end
 end
 return 0
+`
+
+// recordLua is prepended to the scripts that claim or extend a slot.
+// keep_record writes the lease record from ARGV[from..from+4] (granted,
+// pod, owner, owner_api, owner_uid) when granted is given, and gives the
+// record the claim's TTL either way: a claim made without a record (a
+// re-acquisition through the lease API) keeps the one the admission wrote.
+const recordLua = `
+local function keep_record(base, holder, ttl, from)
+  local rkey = base .. ':record:' .. holder
+  local granted = ARGV[from]
+  if granted and granted ~= '' then
+    redis.call('HSET', rkey, 'granted', granted, 'pod', ARGV[from + 1], 'owner', ARGV[from + 2],
+      'owner_api', ARGV[from + 3], 'owner_uid', ARGV[from + 4])
+  end
+  redis.call('PEXPIRE', rkey, ttl)
+end
+`
+
+// leasesScript answers, for slots 0..ARGV[1]-1, one entry each: {} for a
+// free slot, else {holder, pttl, record} with the record as HGETALL answers
+// it (empty when the holder has none).
+const leasesScript = `
+local base = KEYS[1]
+local out = {}
+for s = 0, tonumber(ARGV[1]) - 1 do
+  local skey = base .. ':' .. s
+  local v = redis.call('GET', skey)
+  if v then
+    out[s + 1] = {v, redis.call('PTTL', skey), redis.call('HGETALL', base .. ':record:' .. v)}
+  else
+    out[s + 1] = {}
+  end
+end
+return out
+`
+
+// holdersScript answers, for each holder in ARGV, {slot, pttl, record}: the
+// slot it holds on this node (-1 when none) and its record.
+const holdersScript = `
+local base = KEYS[1]
+local out = {}
+for i, holder in ipairs(ARGV) do
+  local slot, pttl = -1, 0
+  local mine = redis.call('GET', base .. ':h:' .. holder)
+  if mine then
+    local s = string.match(mine, '^%d+')
+    if s and redis.call('GET', base .. ':' .. s) == holder then
+      slot, pttl = tonumber(s), redis.call('PTTL', base .. ':' .. s)
+    end
+  end
+  out[i] = {slot, pttl, redis.call('HGETALL', base .. ':record:' .. holder)}
+end
+return out
 `

@@ -26,7 +26,7 @@ func (a *acquisition) settleSuspects(won int) {
 // settle tells one node the outcome, on a connection of its own so that
 // even a hung node queues it; it waits for the answer or the node timeout.
 func (a *acquisition) settle(nodeIdx, won int) {
-	_, err := a.c.nodes[nodeIdx].evalQueued(a.c.scripts.settle, a.base, a.holder, a.nonce, a.ttlMS, won)
+	_, err := a.c.nodes[nodeIdx].evalQueued(a.c.scripts.settle, a.base, a.withRecord(a.holder, a.nonce, a.ttlMS, won)...)
 	a.c.metrics.observeNode(a.c.nodes[nodeIdx].addr, err)
 }
 
@@ -35,7 +35,7 @@ func (a *acquisition) settle(nodeIdx, won int) {
 // slot free on that node while a quorum owns it, and such holes make the
 // node pick, for the next acquirers, slots the other nodes refuse.
 func (a *acquisition) moveToWonSlot(nodeIdx, won int) {
-	_, err := a.c.nodes[nodeIdx].eval(a.c.scripts.settle, a.base, a.holder, a.nonce, a.ttlMS, won)
+	_, err := a.c.nodes[nodeIdx].eval(a.c.scripts.settle, a.base, a.withRecord(a.holder, a.nonce, a.ttlMS, won)...)
 	a.c.metrics.observeNode(a.c.nodes[nodeIdx].addr, err)
 }
 

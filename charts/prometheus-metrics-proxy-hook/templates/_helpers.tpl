@@ -28,6 +28,11 @@ chart adds is "-redis-headless", so the base name is cut at 42.
 {{- include "pmph.fullname" . -}}
 {{- end -}}
 
+{{/* The coordination.k8s.io Lease through which one webhook replica reconciles. */}}
+{{- define "pmph.reconciler.leaseName" -}}
+{{- printf "%s-reconciler" (include "pmph.fullname" .) -}}
+{{- end -}}
+
 {{- define "pmph.redis.fullname" -}}
 {{- printf "%s-redis" (include "pmph.fullname" .) -}}
 {{- end -}}

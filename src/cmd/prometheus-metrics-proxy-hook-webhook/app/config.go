@@ -41,14 +41,18 @@ type Config struct {
 	// LegacyHolderAuth accepts renewals and releases without a token for
 	// leases granted before tokens were checked (the upgrade transition).
 	LegacyHolderAuth bool
+	NoQuorumPolicy   admission.NoQuorumPolicy
+	Sidecar          admission.Sidecar
+	ShutdownDelay    time.Duration
+	ShutdownTimeout  time.Duration
+	LogLevel         string
+	LogFormat        string
 	// Kubeconfig is the API server connection; empty means in-cluster.
-	Kubeconfig      string
-	NoQuorumPolicy  admission.NoQuorumPolicy
-	Sidecar         admission.Sidecar
-	ShutdownDelay   time.Duration
-	ShutdownTimeout time.Duration
-	LogLevel        string
-	LogFormat       string
+	Kubeconfig              string
+	ReconcileWindow         time.Duration
+	ReconcileInterval       time.Duration
+	LeaderElectionNamespace string
+	LeaderElectionLeaseName string
 }
 
 // Values of --lease-api-auth.
@@ -84,7 +88,7 @@ func ParseConfig(args []string, getenv func(string) string, usage io.Writer) (*C
 	src := fillFromEnv(fs, getenv)
 	c := &Config{}
 	for _, step := range []func(*Config, *flags, sources) error{
-		parseListeners, parseRedis, parseLease, parseLeaseAuth, parseSidecar, parseShutdown, parseLogging, readRedisPassword,
+		parseListeners, parseRedis, parseLease, parseLeaseAuth, parseSidecar, parseShutdown, parseLogging, parseKube, readRedisPassword,
 	} {
 		if err := step(c, f, src); err != nil {
 			return nil, err
@@ -98,9 +102,10 @@ type flags struct {
 	listen, metrics, probes, certDir, http2                                string
 	redisAddrs, passwordFile, redisTimeout                                 string
 	leaseTTL, leaseURL, noQuorum                                           string
-	leaseAuth, audience, legacyAuth, kubeconfig                            string
+	leaseAuth, audience, legacyAuth                                        string
 	image, pullPolicy, sidecarPort, cpuReq, memReq, cpuLim, memLim, native string
 	scrapeInterval, delay, shutdown, logLevel, logFormat                   string
+	kube                                                                   kubeFlags
 }
 
 func defineFlags(fs *flag.FlagSet) *flags {
@@ -123,7 +128,6 @@ func defineFlags(fs *flag.FlagSet) *flags {
 	str(&f.leaseAuth, "lease-api-auth", LeaseAuthToken, "token: every lease API call must carry its pod's projected ServiceAccount token; disabled: no checks, for a webhook run without Kubernetes (tests, demos)")
 	str(&f.audience, "lease-token-audience", admission.DefaultTokenAudience, "audience of the projected token injected into sidecars and required by the lease API")
 	boolean(&f.legacyAuth, "lease-legacy-holder-auth", "true", "accept renewals and releases without a token for leases granted by a release before lease API tokens (no lease record); see docs/reliability.md")
-	str(&f.kubeconfig, "kubeconfig", "", "kubeconfig of the API server; empty: the in-cluster configuration")
 	str(&f.noQuorum, "no-quorum-policy", "deny", "deny or allow when Redis has no quorum")
 	str(&f.image, "sidecar-image", "", "image of the injected sidecar; required")
 	str(&f.pullPolicy, "sidecar-image-pull-policy", "IfNotPresent", "Always, IfNotPresent or Never")
@@ -138,6 +142,7 @@ func defineFlags(fs *flag.FlagSet) *flags {
 	str(&f.shutdown, "shutdown-timeout", "20s", "bound on finishing in-flight requests after SIGTERM")
 	str(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	str(&f.logFormat, "log-format", "json", "json or console")
+	defineKubeFlags(fs, &f.kube)
 	return f
 }
 
@@ -255,7 +260,7 @@ func parseLease(c *Config, f *flags, src sources) error {
 
 // parseLeaseAuth reads how the lease API tells the pod that calls it.
 func parseLeaseAuth(c *Config, f *flags, src sources) error {
-	c.LeaseAPIAuth, c.LeaseTokenAudience, c.Kubeconfig = f.leaseAuth, f.audience, f.kubeconfig
+	c.LeaseAPIAuth, c.LeaseTokenAudience = f.leaseAuth, f.audience
 	switch c.LeaseAPIAuth {
 	case LeaseAuthToken, LeaseAuthDisabled:
 	default:

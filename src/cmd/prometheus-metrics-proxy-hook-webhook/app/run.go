@@ -75,6 +75,21 @@ func Run(ctx context.Context, c *Config, logger zerolog.Logger) error {
 		return fail(err)
 	}
 
+	kube, err := NewKube(c, sem, reg, logger)
+	if err != nil {
+		return fail(err)
+	}
+	kubeCtx, stopKube := context.WithCancel(context.Background())
+	kubeDone := make(chan struct{})
+	go func() {
+		defer close(kubeDone)
+		kube.Run(kubeCtx, logger)
+	}()
+	defer func() {
+		stopKube()
+		<-kubeDone
+	}()
+
 	certs := certwatch.New(certwatch.Options{Dir: c.CertDir, Logger: logger.With().Str("component", "certwatch").Logger()})
 	reg.MustRegister(certs)
 	watchCtx, stopWatch := context.WithCancel(context.Background())
@@ -95,7 +110,7 @@ func Run(ctx context.Context, c *Config, logger zerolog.Logger) error {
 	leaseCfg := leaseserver.Config{
 		Semaphore: sem, TTL: c.LeaseTTL, Logger: logger.With().Str("component", "leaseapi").Logger(), Metrics: leaseMetrics,
 	}
-	if err := leaseAuth(c, &leaseCfg, nil, reg, logger); err != nil {
+	if err := leaseAuth(c, &leaseCfg, kube, sem, reg, logger); err != nil {
 		return fail(err)
 	}
 	leases := leaseserver.NewHandler(leaseCfg)
