@@ -51,7 +51,7 @@ func NewKube(c *Config, sem *semaphore.Client, reg prometheus.Registerer, logger
 	}
 	namespace := c.LeaderElectionNamespace
 	if namespace == "" {
-		namespace = ownNamespace()
+		namespace = ownNamespace(c.Kubeconfig)
 	}
 	if namespace == "" {
 		return nil, errors.New("the reconciler's leader election needs a namespace: set --leader-election-namespace")
@@ -92,14 +92,22 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 }
 
 // ownNamespace is the POD_NAMESPACE the chart sets, else the service
-// account's namespace.
-func ownNamespace() string {
+// account's namespace, else, for a webhook run outside the cluster, the
+// namespace of the kubeconfig's current context as kubectl would use it.
+func ownNamespace(kubeconfig string) string {
 	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
 		return ns
 	}
-	b, err := os.ReadFile(serviceAccountNamespace)
+	if b, err := os.ReadFile(serviceAccountNamespace); err == nil {
+		return strings.TrimSpace(string(b))
+	}
+	if kubeconfig == "" {
+		return ""
+	}
+	rules := &clientcmd.ClientConfigLoadingRules{ExplicitPath: kubeconfig}
+	ns, _, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).Namespace()
 	if err != nil {
 		return ""
 	}
-	return strings.TrimSpace(string(b))
+	return ns
 }
