@@ -26,8 +26,14 @@ KUBE_VERSION=v1.37.2
 HELM_VERSION=v3.22.0
 CT_VERSION=v3.14.0
 ACTIONLINT_VERSION=v1.7.12
+PROMETHEUS_VERSION=v0.316.0
+PROMETHEUS_OPERATOR_VERSION=v0.85.0
 
 GO_TOOLS=(kube-apiserver kube-controller-manager kubectl helm ct actionlint)
+# Prometheus with Kubernetes service discovery (Debian's has none) is named
+# prometheus-k8s so that it does not shadow Debian's prometheus; the operator
+# turns ServiceMonitors into its scrape configuration in the tests.
+GO_TOOLS+=(prometheus-k8s prometheus-operator)
 # command:debian-package, as hack/ensure-apt.sh takes them.
 APT_TOOLS=(etcd:etcd-server redis-server:redis-server prometheus:prometheus yamllint:yamllint openssl:openssl)
 
@@ -63,6 +69,8 @@ tool_module() {
 	helm) echo helm ;;
 	ct) echo chart-testing ;;
 	actionlint) echo actionlint ;;
+	prometheus-k8s) echo prometheus ;;
+	prometheus-operator) echo prometheus-operator ;;
 	*) return 1 ;;
 	esac
 }
@@ -73,6 +81,8 @@ tool_package() {
 	helm) echo helm.sh/helm/v3/cmd/helm ;;
 	ct) echo github.com/helm/chart-testing/v3/ct ;;
 	actionlint) echo github.com/rhysd/actionlint/cmd/actionlint ;;
+	prometheus-k8s) echo github.com/prometheus/prometheus/cmd/prometheus ;;
+	prometheus-operator) echo github.com/prometheus-operator/prometheus-operator/cmd/operator ;;
 	*) return 1 ;;
 	esac
 }
@@ -83,6 +93,8 @@ tool_version() {
 	helm) echo "$HELM_VERSION" ;;
 	chart-testing) echo "$CT_VERSION" ;;
 	actionlint) echo "$ACTIONLINT_VERSION" ;;
+	prometheus) echo "$PROMETHEUS_VERSION" ;;
+	prometheus-operator) echo "$PROMETHEUS_OPERATOR_VERSION" ;;
 	esac
 }
 
@@ -119,6 +131,12 @@ tool_ldflags() {
 		;;
 	chart-testing) echo "-X github.com/helm/chart-testing/v3/ct/cmd.Version=$v" ;;
 	actionlint) echo "-X github.com/rhysd/actionlint.version=$v" ;;
+	prometheus)
+		# Prometheus 3's Go module versions are v0.3MM.P for release 3.MM.P.
+		local mp=${v#v0.3}
+		echo "-X github.com/prometheus/common/version.Version=3.$((10#${mp%%.*})).${mp#*.}"
+		;;
+	prometheus-operator) echo "-X github.com/prometheus/common/version.Version=${v#v}" ;;
 	esac
 }
 
@@ -197,7 +215,8 @@ build_tools() {
 		die "building ${tools[*]} from hack/tools/$mod failed (go build exit code $rc); the output above says why."
 	fi
 	for t in "${tools[@]}"; do
-		mv -f "$TMP_DIR/$t" "$BIN/$t"
+		# go build names each binary after its package directory.
+		mv -f "$TMP_DIR/$(basename "$(tool_package "$t")")" "$BIN/$t"
 	done
 	if [ "$mod" = chart-testing ]; then
 		local dir
