@@ -140,6 +140,14 @@ tool_ldflags() {
 	esac
 }
 
+# Build tags of each Go tool. Prometheus leaves out every service discovery
+# but Kubernetes': the cloud SDKs behind the others are most of its build time.
+tool_tags() {
+	case $(tool_module "$1") in
+	prometheus) echo remove_all_sd,enable_kubernetes_sd ;;
+	esac
+}
+
 # The stamp names everything that changes the binary. The helm flags ask the go
 # command for the client-go version, so they are left out of the stamp (the
 # go.sum hash already covers that) to keep the up-to-date check free of go
@@ -151,6 +159,10 @@ tool_stamp() {
 	{
 		echo "tool=$1 version=$(tool_version "$1") go=$GO_VERSION cgo=0 strip=-s-w trimpath"
 		echo "ldflags=$ldflags"
+		# Only tools with tags get the line, so the other stamps stay as they were.
+		local tags
+		tags=$(tool_tags "$1")
+		if [ -n "$tags" ]; then echo "tags=$tags"; fi
 		cat "$ROOT/hack/tools/$mod/go.mod" "$ROOT/hack/tools/$mod/go.sum"
 	} | sha256sum | cut -d' ' -f1
 }
@@ -207,7 +219,7 @@ build_tools() {
 	# another module graph. CGO off as in the upstream release builds, so no C
 	# compiler is needed.
 	CGO_ENABLED=0 GOWORK=off GOFLAGS="${GOFLAGS:-} -mod=readonly -buildvcs=false" \
-		"$GO" -C "$ROOT/hack/tools/$mod" build -trimpath -ldflags "$ldflags" -o "$TMP_DIR/" "${pkgs[@]}" || rc=$?
+		"$GO" -C "$ROOT/hack/tools/$mod" build -trimpath -tags "$(tool_tags "${tools[0]}")" -ldflags "$ldflags" -o "$TMP_DIR/" "${pkgs[@]}" || rc=$?
 	kill "$TICKER_PID" 2>/dev/null || true
 	wait "$TICKER_PID" 2>/dev/null || true
 	TICKER_PID=""
