@@ -36,6 +36,13 @@ KUBE_NETWORK_POLICIES_VERSION=v0.8.0
 # kube-scheduler, kube-proxy and kube-network-policies run the node
 # (src/testenv/kubenode).
 GO_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl helm ct actionlint registry coredns kube-network-policies)
+PROMETHEUS_VERSION=v0.316.0
+PROMETHEUS_OPERATOR_VERSION=v0.85.0
+
+# Prometheus with Kubernetes service discovery (Debian's has none) is named
+# prometheus-k8s so that it does not shadow Debian's prometheus; the operator
+# turns ServiceMonitors into its scrape configuration in the tests.
+GO_TOOLS+=(prometheus-k8s prometheus-operator)
 # command:debian-package, as hack/ensure-apt.sh takes them.
 # busybox (busybox-static) and redis-cli go into the images src/testenv/images builds.
 # The second line is what the node harness (src/testenv/kubenode) runs: the
@@ -80,6 +87,8 @@ tool_module() {
 	actionlint) echo actionlint ;;
 	registry) echo registry ;;
 	coredns) echo coredns ;;
+	prometheus-k8s) echo prometheus ;;
+	prometheus-operator) echo prometheus-operator ;;
 	*) return 1 ;;
 	esac
 }
@@ -93,6 +102,8 @@ tool_package() {
 	actionlint) echo github.com/rhysd/actionlint/cmd/actionlint ;;
 	registry) echo github.com/distribution/distribution/v3/cmd/registry ;;
 	coredns) echo github.com/coredns/coredns ;;
+	prometheus-k8s) echo github.com/prometheus/prometheus/cmd/prometheus ;;
+	prometheus-operator) echo github.com/prometheus-operator/prometheus-operator/cmd/operator ;;
 	*) return 1 ;;
 	esac
 }
@@ -106,6 +117,8 @@ tool_version() {
 	kube-network-policies) echo "$KUBE_NETWORK_POLICIES_VERSION" ;;
 	registry) echo "$REGISTRY_VERSION" ;;
 	coredns) echo "$COREDNS_VERSION" ;;
+	prometheus) echo "$PROMETHEUS_VERSION" ;;
+	prometheus-operator) echo "$PROMETHEUS_OPERATOR_VERSION" ;;
 	esac
 }
 
@@ -147,6 +160,20 @@ tool_ldflags() {
 	registry) echo "-X github.com/distribution/distribution/v3/version.version=$v" ;;
 	# CoreDNS's version is a constant of its source; only the commit is a flag.
 	coredns) echo "-X github.com/coredns/coredns/coremain.GitCommit=$v" ;;
+	prometheus)
+		# Prometheus 3's Go module versions are v0.3MM.P for release 3.MM.P.
+		local mp=${v#v0.3}
+		echo "-X github.com/prometheus/common/version.Version=3.$((10#${mp%%.*})).${mp#*.}"
+		;;
+	prometheus-operator) echo "-X github.com/prometheus/common/version.Version=${v#v}" ;;
+	esac
+}
+
+# Build tags of each Go tool. Prometheus leaves out every service discovery
+# but Kubernetes': the cloud SDKs behind the others are most of its build time.
+tool_tags() {
+	case $(tool_module "$1") in
+	prometheus) echo remove_all_sd,enable_kubernetes_sd ;;
 	esac
 }
 
@@ -161,6 +188,10 @@ tool_stamp() {
 	{
 		echo "tool=$1 version=$(tool_version "$1") go=$GO_VERSION cgo=0 strip=-s-w trimpath"
 		echo "ldflags=$ldflags"
+		# Only tools with tags get the line, so the other stamps stay as they were.
+		local tags
+		tags=$(tool_tags "$1")
+		if [ -n "$tags" ]; then echo "tags=$tags"; fi
 		cat "$ROOT/hack/tools/$mod/go.mod" "$ROOT/hack/tools/$mod/go.sum"
 	} | sha256sum | cut -d' ' -f1
 }
@@ -217,7 +248,7 @@ build_tools() {
 	# another module graph. CGO off as in the upstream release builds, so no C
 	# compiler is needed.
 	CGO_ENABLED=0 GOWORK=off GOFLAGS="${GOFLAGS:-} -mod=readonly -buildvcs=false" \
-		"$GO" -C "$ROOT/hack/tools/$mod" build -trimpath -ldflags "$ldflags" -o "$TMP_DIR/" "${pkgs[@]}" || rc=$?
+		"$GO" -C "$ROOT/hack/tools/$mod" build -trimpath -tags "$(tool_tags "${tools[0]}")" -ldflags "$ldflags" -o "$TMP_DIR/" "${pkgs[@]}" || rc=$?
 	kill "$TICKER_PID" 2>/dev/null || true
 	wait "$TICKER_PID" 2>/dev/null || true
 	TICKER_PID=""

@@ -1,0 +1,91 @@
+package promk8s
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"sigs.k8s.io/yaml"
+)
+
+// podOnlyPaths are where the operator's Prometheus pod finds mounted secrets,
+// config maps, rule files and its service account token; a host process has
+// none of them.
+var podOnlyPaths = []string{"/etc/prometheus/", "/var/run/secrets/"}
+
+// HostConfig turns the configuration prometheus-operator generated for its
+// Prometheus pod into one that a Prometheus on the host runs. The one change:
+// every kubernetes_sd_configs entry gets kubeconfig_file, because the host has
+// no in-cluster service account and API server address. Everything else is
+// kept as generated. A configuration that names a file only the pod has (a
+// mounted TLS or bearer-token file, say) is refused with the field that names
+// it, rather than run half-working.
+func HostConfig(generated []byte, kubeconfig string) (string, error) {
+	var config map[string]any
+	if err := yaml.Unmarshal(generated, &config); err != nil {
+		return "", fmt.Errorf("the operator's configuration is not YAML: %w", err)
+	}
+	scrapeConfigs, _ := config["scrape_configs"].([]any)
+	for i, sc := range scrapeConfigs {
+		job, _ := sc.(map[string]any)
+		sds, _ := job["kubernetes_sd_configs"].([]any)
+		for j, sd := range sds {
+			entry, ok := sd.(map[string]any)
+			if !ok {
+				return "", fmt.Errorf("scrape_configs[%d].kubernetes_sd_configs[%d] is not a mapping", i, j)
+			}
+			for _, key := range []string{"api_server", "kubeconfig_file"} {
+				if v, set := entry[key]; set {
+					return "", fmt.Errorf("scrape_configs[%d] (%v).kubernetes_sd_configs[%d] already sets %s to %v; the harness only runs in-cluster configurations", i, job["job_name"], j, key, v)
+				}
+			}
+			entry["kubeconfig_file"] = kubeconfig
+		}
+	}
+	if field, path := findPodOnlyPath("", config); field != "" {
+		return "", fmt.Errorf("%s names %s, a file that only the operator's Prometheus pod has; a host Prometheus cannot run this configuration", field, path)
+	}
+	out, err := yaml.Marshal(config)
+	if err != nil {
+		return "", fmt.Errorf("cannot write the host configuration: %w", err)
+	}
+	return string(out), nil
+}
+
+// findPodOnlyPath returns the first field (in key order) whose value starts
+// with one of podOnlyPaths, and that value.
+func findPodOnlyPath(field string, v any) (string, string) {
+	switch v := v.(type) {
+	case string:
+		for _, prefix := range podOnlyPaths {
+			if strings.HasPrefix(v, prefix) {
+				return field, v
+			}
+		}
+	case map[string]any:
+		keys := make([]string, 0, len(v))
+		for k := range v {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			if f, p := findPodOnlyPath(joinField(field, k), v[k]); f != "" {
+				return f, p
+			}
+		}
+	case []any:
+		for i, e := range v {
+			if f, p := findPodOnlyPath(fmt.Sprintf("%s[%d]", field, i), e); f != "" {
+				return f, p
+			}
+		}
+	}
+	return "", ""
+}
+
+func joinField(parent, key string) string {
+	if parent == "" {
+		return key
+	}
+	return parent + "." + key
+}

@@ -1,0 +1,141 @@
+package promk8s
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+
+	"sigs.k8s.io/yaml"
+)
+
+func TestHostConfig(t *testing.T) {
+	const kubeconfig = "/tmp/kubeconfig"
+	tests := []struct {
+		name      string
+		generated string
+		want      string // YAML compared as data; empty when an error is expected
+		wantErr   string
+	}{
+		{
+			name:      "no scrape configs",
+			generated: "global:\n  scrape_interval: 30s\nscrape_configs: []\n",
+			want:      "global:\n  scrape_interval: 30s\nscrape_configs: []\n",
+		},
+		{
+			name: "every kubernetes_sd_configs entry gets the kubeconfig",
+			generated: `scrape_configs:
+- job_name: serviceMonitor/ns/a/0
+  kubernetes_sd_configs:
+  - role: endpointslice
+    namespaces:
+      names: [ns]
+  - role: pod
+  relabel_configs:
+  - action: keep
+    source_labels: [__meta_kubernetes_service_label_app]
+    regex: (a);true
+- job_name: static
+  static_configs:
+  - targets: [127.0.0.1:9090]
+`,
+			want: `scrape_configs:
+- job_name: serviceMonitor/ns/a/0
+  kubernetes_sd_configs:
+  - role: endpointslice
+    kubeconfig_file: /tmp/kubeconfig
+    namespaces:
+      names: [ns]
+  - role: pod
+    kubeconfig_file: /tmp/kubeconfig
+  relabel_configs:
+  - action: keep
+    source_labels: [__meta_kubernetes_service_label_app]
+    regex: (a);true
+- job_name: static
+  static_configs:
+  - targets: [127.0.0.1:9090]
+`,
+		},
+		{
+			name:      "an explicit API server is not an in-cluster configuration",
+			generated: "scrape_configs:\n- job_name: x\n  kubernetes_sd_configs:\n  - role: pod\n    api_server: https://10.0.0.1\n",
+			wantErr:   "already sets api_server",
+		},
+		{
+			name:      "a mounted bearer token is refused with its field",
+			generated: "scrape_configs:\n- job_name: x\n  authorization:\n    credentials_file: /var/run/secrets/kubernetes.io/serviceaccount/token\n",
+			wantErr:   "scrape_configs[0].authorization.credentials_file names /var/run/secrets/kubernetes.io/serviceaccount/token",
+		},
+		{
+			name:      "a mounted TLS file is refused with its field",
+			generated: "scrape_configs:\n- job_name: x\n  tls_config:\n    ca_file: /etc/prometheus/certs/secret_ns_ca_ca.crt\n",
+			wantErr:   "scrape_configs[0].tls_config.ca_file names /etc/prometheus/certs/",
+		},
+		{
+			name:      "not YAML",
+			generated: "scrape_configs: [",
+			wantErr:   "is not YAML",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := HostConfig([]byte(tt.generated), kubeconfig)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("HostConfig error = %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("HostConfig: %v", err)
+			}
+			var gotData, wantData any
+			if err := yaml.Unmarshal([]byte(got), &gotData); err != nil {
+				t.Fatalf("the host configuration is not YAML: %v\n%s", err, got)
+			}
+			if err := yaml.Unmarshal([]byte(tt.want), &wantData); err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(gotData, wantData) {
+				t.Errorf("HostConfig =\n%s\nwant\n%s", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestPodDiscoveryConfig(t *testing.T) {
+	got := PodDiscoveryConfig("/k/config", Options{Namespaces: []string{"apps"}})
+	var config struct {
+		Global struct {
+			ScrapeInterval string `json:"scrape_interval"`
+			ScrapeTimeout  string `json:"scrape_timeout"`
+		} `json:"global"`
+		ScrapeConfigs []struct {
+			JobName string `json:"job_name"`
+			SD      []struct {
+				Role       string `json:"role"`
+				Kubeconfig string `json:"kubeconfig_file"`
+				Namespaces struct {
+					Names []string `json:"names"`
+				} `json:"namespaces"`
+			} `json:"kubernetes_sd_configs"`
+			Relabel []map[string]any `json:"relabel_configs"`
+		} `json:"scrape_configs"`
+	}
+	if err := yaml.UnmarshalStrict([]byte(got), &config); err != nil {
+		t.Fatalf("the configuration does not parse: %v\n%s", err, got)
+	}
+	if config.Global.ScrapeInterval != "1000ms" || config.Global.ScrapeTimeout != "1000ms" {
+		t.Errorf("global = %+v, want 1000ms interval and timeout by default", config.Global)
+	}
+	if len(config.ScrapeConfigs) != 1 || config.ScrapeConfigs[0].JobName != PodJob {
+		t.Fatalf("scrape configs = %+v, want the one job %s", config.ScrapeConfigs, PodJob)
+	}
+	sd := config.ScrapeConfigs[0].SD
+	if len(sd) != 1 || sd[0].Role != "pod" || sd[0].Kubeconfig != "/k/config" || !reflect.DeepEqual(sd[0].Namespaces.Names, []string{"apps"}) {
+		t.Errorf("kubernetes_sd_configs = %+v, want role pod through /k/config in apps", sd)
+	}
+	if n := len(config.ScrapeConfigs[0].Relabel); n < 5 {
+		t.Errorf("%d relabel rules, want the prometheus.io/* set", n)
+	}
+}
