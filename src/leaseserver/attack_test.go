@@ -5,11 +5,9 @@ package leaseserver_test
 // holding a lease must not be able to take, renew or release a slot.
 
 import (
-	"context"
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseapi"
 )
@@ -36,10 +34,7 @@ func TestAttackAcquireWithoutToken(t *testing.T) {
 // read from its annotations, must neither renew nor release its slot.
 func TestAttackReleaseWithHolderFromAnnotations(t *testing.T) {
 	e := newKubeEnv(t)
-	got, err := e.sem.Acquire(context.Background(), "victim/jobs", 1, 5*time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
+	got := e.admit(t, "victim/jobs", 1, "victim-pod")
 	stolen := leaseapi.Lease{Namespace: "victim", Key: "jobs", Slot: got.Slot, Holder: got.Holder}
 	for _, path := range []string{leaseapi.RenewPath, leaseapi.ReleasePath} {
 		code, er := e.call(t, path, "", stolen)

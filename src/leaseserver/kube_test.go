@@ -137,16 +137,29 @@ func (e *kubeEnv) pod(t testing.TB, ns, name string, annotations map[string]stri
 // that holds it, with the annotations admission writes.
 func (e *kubeEnv) member(t testing.TB, ns, name, key string, size int) (*corev1.Pod, leaseapi.Lease) {
 	t.Helper()
-	got, err := e.sem.Acquire(context.Background(), leaseapi.SemaphoreName(ns, key), size, 5*time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
+	got := e.admit(t, leaseapi.SemaphoreName(ns, key), size, name)
 	p := e.pod(t, ns, name, map[string]string{
 		admission.AnnotationOptIn: "true", admission.AnnotationSemaphoreKey: key,
 		admission.AnnotationSemaphoreSize: strconv.Itoa(size), admission.AnnotationInjected: "true",
 		admission.AnnotationSemaphoreSlot: strconv.Itoa(got.Slot), admission.AnnotationHolder: got.Holder,
 	})
 	return p, leaseapi.Lease{Namespace: ns, Key: key, Slot: got.Slot, Holder: got.Holder}
+}
+
+// admit takes a slot as admission does: with a lease record, which tells
+// the lease apart from one granted before records (and tokens) existed.
+func (e *kubeEnv) admit(t testing.TB, name string, size int, pod string) semaphore.Lease {
+	t.Helper()
+	holder, err := semaphore.NewHolderID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := semaphore.Record{Granted: time.Now(), Pod: pod}
+	got, err := e.sem.AcquireWithRecord(context.Background(), name, size, 5*time.Minute, holder, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
 }
 
 // token asks the TokenRequest API for a token bound to pod, as the kubelet
