@@ -472,7 +472,9 @@ func TestLeaseAPIDownAtTermination(t *testing.T) {
 }
 
 func TestRenewalKeepsTheSlotAcrossWebhookRestarts(t *testing.T) {
-	const ttl = 2 * time.Second
+	// The TTL covers a restart of the race-built webhook on a loaded
+	// machine (certificates, Redis ping, listeners): well over a second.
+	const ttl = 5 * time.Second
 	f := newFixture(t, ttl)
 	injected := f.admit(t, "renew", 3)
 	a := startApp(t, appOpts{Tick: appTick})
@@ -501,9 +503,10 @@ func TestRenewalKeepsTheSlotAcrossWebhookRestarts(t *testing.T) {
 	}
 	checkHeld(2 * ttl)
 	renewals := len(sc.Find("", "Renewed the semaphore lease."))
-	// With TTL 2s the sidecar renews every 0.53-0.67s: 4 TTLs hold at least 10.
-	if renewals < 10 {
-		t.Errorf("%d renewals logged over 4 TTLs, want at least 10", renewals)
+	// The sidecar renews every TTL/3 give or take a tenth: 4 TTLs hold at
+	// least 10, less the restart's gap.
+	if renewals < 8 {
+		t.Errorf("%d renewals logged over 4 TTLs, want at least 8", renewals)
 	}
 	if n := len(sc.Find("error", "")); n != 0 {
 		t.Errorf("%d errors logged while the webhook restarted", n)
