@@ -206,6 +206,11 @@ func (e *env) served(t *testing.T, name string, target *webhookTarget, extra map
 // when the test fails.
 func (e *env) startWebhook(t *testing.T, args ...string) *webhooktest.Webhook {
 	t.Helper()
+	// The suite checks behaviour while every other package's tests load the
+	// same 2 cores; the default 50 ms per Redis node is a production
+	// latency bound that e2e/reliability exercises. A scenario's own
+	// --redis-timeout comes later and wins.
+	args = append([]string{"--redis-timeout=500ms"}, args...)
 	wh := webhooktest.Start(t, webhooktest.Options{Redis: e.redis.Addrs(), RedisPassword: e.redis.Password,
 		Kubeconfig: e.cp.KubeconfigPath, Args: args})
 	t.Cleanup(func() {

@@ -294,10 +294,21 @@ func (w *walker) sidecar(app *metricsApp) error {
 	// preStop hook (injected by the webhook), the app's own stop, and the
 	// sidecar's signal only once the app has exited.
 	fmt.Fprintf(w.out, "$ curl http://%s%s   # the pod is deleted: the app's preStop hook\n", addr, admission.TerminatingPath)
+	fetchedBefore := app.jobs.Load()
 	if _, err := get("http://" + addr + admission.TerminatingPath); err != nil {
 		return err
 	}
-	fmt.Fprintf(w.out, "# the app exits; then:\n$ kill -TERM %d\n", sc.pid())
+	// The app drains: the sidecar fetches its metrics while it does, and
+	// keeps the last answer for the final scrape.
+	if err := w.until("the sidecar fetching the draining app", func() error {
+		if app.jobs.Load() == fetchedBefore {
+			return errors.New("no fetch since the preStop hook")
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	fmt.Fprintf(w.out, "# the app drains, the sidecar fetches its metrics meanwhile, the app exits; then:\n$ kill -TERM %d\n", sc.pid())
 	app.close()
 	if err := sc.signal(syscall.SIGTERM); err != nil {
 		return err
@@ -620,6 +631,8 @@ func withoutPMPH(env []string) []string {
 type metricsApp struct {
 	port int
 	srv  *http.Server
+	// jobs grows with every request, so that each fetch sees a new value.
+	jobs *atomic.Int64
 }
 
 func startApp() (*metricsApp, error) {
@@ -627,7 +640,7 @@ func startApp() (*metricsApp, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cannot listen for the demo app: %w", err)
 	}
-	var jobs atomic.Int64
+	jobs := &atomic.Int64{}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
@@ -635,7 +648,7 @@ func startApp() (*metricsApp, error) {
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(l) }()
-	return &metricsApp{port: l.Addr().(*net.TCPAddr).Port, srv: srv}, nil
+	return &metricsApp{port: l.Addr().(*net.TCPAddr).Port, srv: srv, jobs: jobs}, nil
 }
 
 func (a *metricsApp) close() { _ = a.srv.Close() }
