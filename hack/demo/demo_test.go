@@ -69,7 +69,8 @@ func TestDemo(t *testing.T) {
 	}
 	for _, want := range []string{
 		"the demo environment is ready",
-		`denied the request: semaphore "demo-1/workers" is full (2/2 slots held); the pod will be created when a slot frees up`,
+		`denied the request: semaphore "demo-1/workers" is full (2/2 slots held); its slots are held by pod worker-`,
+		"the pod will be created when a slot frees up",
 		"sidecar log: info  Released the semaphore slot.",
 		"pod/worker-3 created",
 		"Warning: dry run: no semaphore slot was taken",
