@@ -21,6 +21,7 @@ import (
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/images"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/kubenode"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/kubetest"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/registry"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/testpki"
 )
@@ -76,13 +77,13 @@ func TestChartOnTheNode(t *testing.T) {
 // containerd's mirrors pointing at the registry.
 func start(t *testing.T) *env {
 	t.Helper()
-	root, err := images.RepoRoot()
+	root, err := kubetest.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	helmBin := filepath.Join(images.ToolsBin(root), "helm")
-	if _, err := os.Stat(helmBin); err != nil {
-		t.Fatalf("helm is missing: run hack/install-tools.sh helm (%v)", err)
+	helmBin, err := kubetest.Tool("helm")
+	if err != nil {
+		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()
@@ -138,7 +139,7 @@ func (e *env) install(t *testing.T) {
 	}
 	e.kubectl(t, args...)
 
-	root, err := images.RepoRoot()
+	root, err := kubetest.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}

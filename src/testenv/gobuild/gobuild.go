@@ -18,6 +18,8 @@ import (
 	"strconv"
 	"sync"
 	"testing"
+
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/kubetest"
 )
 
 // The commands, by import path.
@@ -46,16 +48,11 @@ func Release(t testing.TB, pkg string) string {
 // ModuleRoot is the directory of go.mod, so that builds work from any
 // test's working directory.
 func ModuleRoot() string {
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
+	root, err := kubetest.RepoRoot()
+	if err != nil {
 		return "."
 	}
-	for d := filepath.Dir(file); d != filepath.Dir(d); d = filepath.Dir(d) {
-		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
-			return d
-		}
-	}
-	return "."
+	return root
 }
 
 // builds remembers one build per command: building is the slow part

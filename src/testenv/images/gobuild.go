@@ -1,8 +1,6 @@
 package images
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -58,44 +56,4 @@ func (b goBuild) archOrHost() string {
 		return b.arch
 	}
 	return runtime.GOARCH
-}
-
-// RepoRoot returns the root of this repository, found from the working
-// directory (go test runs a package's tests in the package directory).
-func RepoRoot() (string, error) {
-	wd, err := os.Getwd()
-	if err != nil {
-		return "", fmt.Errorf("finding the repository root: %w", err)
-	}
-	for dir := wd; ; dir = filepath.Dir(dir) {
-		if isModuleRoot(filepath.Join(dir, "go.mod")) {
-			return dir, nil
-		}
-		if filepath.Dir(dir) == dir {
-			return "", fmt.Errorf("finding the repository root: no go.mod of %s above %s", modulePath, wd)
-		}
-	}
-}
-
-func isModuleRoot(goMod string) bool {
-	data, err := os.ReadFile(goMod)
-	if err != nil {
-		return false
-	}
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for sc.Scan() {
-		if f := strings.Fields(sc.Text()); len(f) == 2 && f[0] == "module" {
-			return strings.Trim(f[1], `"`) == modulePath
-		}
-	}
-	return false
-}
-
-// ToolsBin is where hack/install-tools.sh installs: $PMPH_TOOLS_BIN, or
-// .tools/bin under the repository root.
-func ToolsBin(root string) string {
-	if dir := os.Getenv("PMPH_TOOLS_BIN"); dir != "" {
-		return dir
-	}
-	return filepath.Join(root, ".tools", "bin")
 }

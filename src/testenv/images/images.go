@@ -20,6 +20,8 @@ import (
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/kubetest"
 )
 
 // The references of the images that are not the chart's own. The pause and
@@ -61,7 +63,7 @@ type Options struct {
 	// WorkDir holds the binaries and layer files; the images read their layers
 	// from it, so it must outlive them. Required.
 	WorkDir string
-	// Root is the repository root; empty means RepoRoot().
+	// Root is the repository root; empty means kubetest.RepoRoot().
 	Root string
 	// Version and Revision are stamped into the project's binaries and labels;
 	// empty means "dev" and "unknown", as an unstamped build says.
@@ -75,7 +77,7 @@ type Options struct {
 	// other images hold this machine's binaries and are always its arch.
 	Arch string
 	// ToolsBin holds the coredns binary hack/install-tools.sh built; empty
-	// means ToolsBin(Root).
+	// means kubetest.ToolsBin().
 	ToolsBin string
 	// Go is the go command; empty means "go" on PATH.
 	Go string
@@ -86,7 +88,7 @@ func (o Options) withDefaults() (Options, error) {
 		return o, errors.New("images.Options.WorkDir is empty: the images read their layers from it, so give a directory that outlives them")
 	}
 	if o.Root == "" {
-		root, err := RepoRoot()
+		root, err := kubetest.RepoRoot()
 		if err != nil {
 			return o, err
 		}
@@ -99,7 +101,11 @@ func (o Options) withDefaults() (Options, error) {
 		o.Revision = "unknown"
 	}
 	if o.ToolsBin == "" {
-		o.ToolsBin = ToolsBin(o.Root)
+		bin, err := kubetest.ToolsBin()
+		if err != nil {
+			return o, err
+		}
+		o.ToolsBin = bin
 	}
 	return o, nil
 }

@@ -14,6 +14,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/images"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/kubetest"
 )
 
 const (
@@ -58,7 +59,7 @@ func extract(t *testing.T, img v1.Image) string {
 
 func repoRoot(t *testing.T) string {
 	t.Helper()
-	root, err := images.RepoRoot()
+	root, err := kubetest.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,12 +7,14 @@ import (
 	"path/filepath"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/countingapp"
 )
 
 // The test programs built into the pause and metrics-app images.
 const (
 	pausePackage      = "./src/testenv/cmd/pmph-pause"
-	metricsAppPackage = "./src/testenv/cmd/pmph-metrics-app"
+	metricsAppPackage = "./src/testenv/cmd/countingapp"
 )
 
 // MetricsAppPort is the port the metrics app serves /metrics on by default.
@@ -28,13 +30,20 @@ func Pause(ctx context.Context, opts Options) (Built, error) {
 	return Built{Name: NamePause, Refs: []string{PauseRef}, Image: img}, nil
 }
 
-// MetricsApp builds the app the lifecycle tests run: it serves a counter that
-// grows once a second on :8080/metrics, keeps counting for -drain after
-// SIGTERM, and logs its final value on exit (src/testenv/cmd/pmph-metrics-app).
+// MetricsApp builds the app the lifecycle tests run, the one the process
+// tests run too (package countingapp): by default it serves a counter that
+// grows once a second on :8080/metrics, keeps counting for 5 s after SIGTERM,
+// and prints its final value as a JSON line on exit. A pod's env overrides
+// the COUNTINGAPP_* defaults.
 func MetricsApp(ctx context.Context, opts Options) (Built, error) {
 	img, err := goProgramImage(ctx, opts, NameMetricsApp, metricsAppPackage, "/metrics-app", v1.Config{
 		User:         ProjectUser,
 		ExposedPorts: map[string]struct{}{fmt.Sprintf("%d/tcp", MetricsAppPort): {}},
+		Env: []string{
+			fmt.Sprintf("%s=:%d", countingapp.EnvListen, MetricsAppPort),
+			countingapp.EnvTick + "=1s",
+			countingapp.EnvDrain + "=5s",
+		},
 	})
 	if err != nil {
 		return Built{}, err

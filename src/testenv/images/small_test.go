@@ -20,6 +20,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/countingapp"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/images"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/localproc"
 )
@@ -89,8 +90,12 @@ func TestMetricsAppDrainsAndLogsItsFinalValue(t *testing.T) {
 		t.Fatal(err)
 	}
 	var logs bytes.Buffer
-	cmd := exec.Command(filepath.Join(dir, "metrics-app"), "-listen", fmt.Sprintf("127.0.0.1:%d", port), "-interval", "50ms", "-drain", "1s")
-	cmd.Stderr = &logs
+	cmd := exec.Command(filepath.Join(dir, "metrics-app"))
+	cmd.Env = []string{
+		fmt.Sprintf("%s=127.0.0.1:%d", countingapp.EnvListen, port),
+		countingapp.EnvTick + "=50ms", countingapp.EnvDrain + "=1s",
+	}
+	cmd.Stdout, cmd.Stderr = &logs, &logs
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -111,17 +116,26 @@ func TestMetricsAppDrainsAndLogsItsFinalValue(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("the app did not exit after its 1 s drain; it logged:\n%s", logs.String())
 	}
-	m := regexp.MustCompile(`"final_value":(\d+)`).FindStringSubmatch(logs.String())
-	if m == nil {
-		t.Fatalf("the app logged no final_value:\n%s", logs.String())
+	final, ok := finalValue(logs.Bytes())
+	if !ok {
+		t.Fatalf("the app printed no final value:\n%s", logs.String())
 	}
-	final, _ := strconv.ParseFloat(m[1], 64)
 	if final < draining {
 		t.Errorf("final value %v is below the %v scraped while draining", final, draining)
 	}
 }
 
-var ticksLine = regexp.MustCompile(`(?m)^pmph_metrics_app_ticks_total (\S+)$`)
+// finalValue is the final counter value among the app's output lines.
+func finalValue(out []byte) (float64, bool) {
+	for _, line := range bytes.Split(out, []byte("\n")) {
+		if l, ok := countingapp.ParseLine(line); ok && l.Final != nil {
+			return *l.Final, true
+		}
+	}
+	return 0, false
+}
+
+var ticksLine = regexp.MustCompile(`(?m)^` + countingapp.CounterName + ` (\S+)$`)
 
 // waitForTicks scrapes until the counter reaches at least want and returns it.
 func waitForTicks(t *testing.T, url string, want float64) float64 {

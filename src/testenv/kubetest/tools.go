@@ -16,22 +16,31 @@ const modulePath = "github.com/kaidotio/prometheus-metrics-proxy-hook"
 
 // ToolsBin returns the directory hack/install-tools.sh installs into:
 // $PMPH_TOOLS_BIN when set (the Makefile exports it), otherwise .tools/bin
-// under the root of this repository, found from the working directory (go
-// test runs a package's tests in the package directory).
+// under the repository root.
 func ToolsBin() (string, error) {
 	if dir := os.Getenv("PMPH_TOOLS_BIN"); dir != "" {
 		return dir, nil
 	}
+	root, err := RepoRoot()
+	if err != nil {
+		return "", fmt.Errorf("cannot find the tools directory: %w; set PMPH_TOOLS_BIN or run from the repository", err)
+	}
+	return filepath.Join(root, ".tools", "bin"), nil
+}
+
+// RepoRoot is the root of this repository, found from the working
+// directory (go test runs a package's tests in the package directory).
+func RepoRoot() (string, error) {
 	wd, err := os.Getwd()
 	if err != nil {
-		return "", fmt.Errorf("cannot find the tools directory: the working directory is unknown (%v); set PMPH_TOOLS_BIN", err)
+		return "", fmt.Errorf("the working directory is unknown: %w", err)
 	}
 	for dir := wd; ; dir = filepath.Dir(dir) {
 		if isModuleRoot(filepath.Join(dir, "go.mod")) {
-			return filepath.Join(dir, ".tools", "bin"), nil
+			return dir, nil
 		}
 		if filepath.Dir(dir) == dir {
-			return "", fmt.Errorf("cannot find the tools directory: no go.mod of %s above %s; set PMPH_TOOLS_BIN or run from the repository", modulePath, wd)
+			return "", fmt.Errorf("no go.mod of %s above %s", modulePath, wd)
 		}
 	}
 }

@@ -26,7 +26,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/images"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/kubetest"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/localproc"
 )
 
@@ -36,7 +36,7 @@ type Options struct {
 	// temporary directory, removed by Close.
 	Dir string
 	// Binary is the registry to run; empty means "registry" in the tools
-	// directory (images.ToolsBin).
+	// directory (kubetest.ToolsBin).
 	Binary string
 }
 
@@ -103,15 +103,7 @@ func binary(bin string) (string, error) {
 	if bin != "" {
 		return bin, nil
 	}
-	root, err := images.RepoRoot()
-	if err != nil {
-		return "", err
-	}
-	bin = filepath.Join(images.ToolsBin(root), "registry")
-	if _, err := os.Stat(bin); err != nil {
-		return "", fmt.Errorf("the registry binary is missing: run hack/install-tools.sh registry (%w)", err)
-	}
-	return bin, nil
+	return kubetest.Tool("registry")
 }
 
 func start(ctx context.Context, bin, dir string) (*Registry, error) {

@@ -128,13 +128,13 @@ func TestCloseStopsTheRegistry(t *testing.T) {
 // and reads it back with helm as a user would from the README's oci:// URL,
 // up to installing it on a real kube-apiserver.
 func TestChartThroughTheRegistry(t *testing.T) {
-	root, err := images.RepoRoot()
+	root, err := kubetest.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	helmBin := filepath.Join(images.ToolsBin(root), "helm")
-	if _, err := os.Stat(helmBin); err != nil {
-		t.Fatalf("helm is missing: run hack/install-tools.sh helm (%v)", err)
+	helmBin, err := kubetest.Tool("helm")
+	if err != nil {
+		t.Fatal(err)
 	}
 	reg := registry.StartT(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
