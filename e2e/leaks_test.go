@@ -42,10 +42,7 @@ func scenarioLeaks(t *testing.T, e *env, _ *webhookTarget) {
 
 	legacyNS := "l-legacy"
 	e.served(t, legacyNS, target, nil)
-	legacyHolder, err := semaphore.NewHolderID()
-	if err != nil {
-		t.Fatal(err)
-	}
+	legacyHolder := semaphore.NewHolderID()
 	legacyAt := time.Now()
 	if _, err := e.sem.AcquireAs(t.Context(), legacyNS+"/old", 1, 10*time.Minute, legacyHolder); err != nil {
 		t.Fatal(err)

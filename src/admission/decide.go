@@ -97,21 +97,23 @@ func (h *Handler) semaphoreEnv(r *http.Request, d *decision, p *plan) (*leaseEnv
 		d.answer.warnings = append(d.answer.warnings, "dry run: no semaphore slot was taken")
 		return env, nil
 	}
-	lease, den := h.takeSlot(r, d, p)
+	holder := semaphore.NewHolderID()
+	lease, den := h.takeSlot(r, d, p, holder)
 	if den != nil {
 		return nil, den
 	}
-	env.lease = lease
+	env.holder, env.lease = holder, lease
 	return env, nil
 }
 
 // takeSlot takes a slot within the review's budget. Without a quorum, the
 // no-quorum policy decides between a denial and an admission without a
-// slot (lease nil).
-func (h *Handler) takeSlot(r *http.Request, d *decision, p *plan) (*semaphore.Lease, *denial) {
+// slot (lease nil); the pod then still carries holder, which its sidecar
+// takes the slot with.
+func (h *Handler) takeSlot(r *http.Request, d *decision, p *plan, holder string) (*semaphore.Lease, *denial) {
 	h.cfg.Logger.Debug().Str("uid", string(d.uid)).Str("semaphore", d.semaphore).Msg("taking a semaphore slot")
 	ctx, cancel := context.WithTimeout(r.Context(), reviewBudget(r.URL.RawQuery))
-	lease, err := h.acquire(ctx, d.semaphore, p)
+	lease, err := h.acquire(ctx, d.semaphore, p, holder)
 	cancel()
 	var full *semaphore.FullError
 	switch {

@@ -502,10 +502,16 @@ func TestNoQuorum(t *testing.T) {
 	}
 	pod := patched(t, raw, resp)
 	if _, ok := pod.Annotations[AnnotationSemaphoreSlot]; ok {
-		t.Fatalf("allow policy must not write slot annotations: %v", pod.Annotations)
+		t.Fatalf("allow policy must not write the slot annotation: %v", pod.Annotations)
+	}
+	// The pod still maps to the lease its sidecar will take: the lease API
+	// accepts a pod's acquisition only under the holder the pod carries.
+	holder := pod.Annotations[AnnotationHolder]
+	if !semaphore.ValidHolderID(holder) || pod.Labels[LabelHolder] != holder {
+		t.Fatalf("allow policy must write the holder annotation and label: annotations %v, labels %v", pod.Annotations, pod.Labels)
 	}
 	c, _, _ := sidecarOf(pod)
-	if env := envOf(c); env["PMPH_LEASE_KEY"] != "q" || env["PMPH_LEASE_HOLDER"] != "" {
+	if env := envOf(c); env["PMPH_LEASE_KEY"] != "q" || env["PMPH_LEASE_HOLDER"] != holder || env["PMPH_LEASE_SLOT"] != "" {
 		t.Fatalf("env %v", env)
 	}
 }

@@ -80,12 +80,8 @@ func describeLease(l semaphore.HeldLease, now time.Time) string {
 	return fmt.Sprintf("pod %s (%s, for %s)", l.Record.Pod, slot, age)
 }
 
-// acquire takes a slot with a fresh holder id and the pod's lease record.
-func (h *Handler) acquire(ctx context.Context, name string, p *plan) (semaphore.Lease, error) {
-	holder, err := semaphore.NewHolderID()
-	if err != nil {
-		return semaphore.Lease{}, err
-	}
+// acquire takes a slot for holder with the pod's lease record.
+func (h *Handler) acquire(ctx context.Context, name string, p *plan, holder string) (semaphore.Lease, error) {
 	rec := p.record
 	rec.Granted = time.Now()
 	return h.cfg.Semaphore.AcquireWithRecord(ctx, name, p.semaphoreSize, p.startupTimeout, holder, rec)

@@ -21,10 +21,13 @@ type patchOperation struct {
 
 // leaseEnv is the semaphore part of the sidecar's environment. lease is nil
 // when no slot was taken (dry run, or no quorum under the allow policy):
-// the sidecar then takes one itself.
+// the sidecar then takes one itself. holder is the pod's holder id, set on
+// every path but the dry run, so that the pod maps to its lease whether or
+// not the webhook took the slot.
 type leaseEnv struct {
 	namespace, key string
 	size           int
+	holder         string
 	lease          *semaphore.Lease
 	ca             []byte
 }
@@ -38,8 +41,8 @@ func (in *injection) patch(p *plan, lease *leaseEnv) ([]byte, error) {
 		return nil, err
 	}
 	ops := in.annotationOps(p, lease)
-	if lease != nil && lease.lease != nil {
-		ops = append(ops, holderLabelOp(p, lease.lease.Holder))
+	if lease != nil && lease.holder != "" {
+		ops = append(ops, holderLabelOp(p, lease.holder))
 	}
 	ops = append(ops, in.containerOp(p, sidecar))
 	ops = append(ops, patchOperation{Op: "add", Path: "/spec/terminationGracePeriodSeconds", Value: grace})
@@ -58,9 +61,10 @@ func (in *injection) annotationOps(p *plan, lease *leaseEnv) []patchOperation {
 		{AnnotationPort, strconv.Itoa(int(in.port))},
 	}
 	if lease != nil && lease.lease != nil {
-		ann = append(ann,
-			[2]string{AnnotationSemaphoreSlot, strconv.Itoa(lease.lease.Slot)},
-			[2]string{AnnotationHolder, lease.lease.Holder})
+		ann = append(ann, [2]string{AnnotationSemaphoreSlot, strconv.Itoa(lease.lease.Slot)})
+	}
+	if lease != nil && lease.holder != "" {
+		ann = append(ann, [2]string{AnnotationHolder, lease.holder})
 	}
 	if !p.hasAnnotations {
 		m := make(map[string]string, len(ann))
@@ -118,7 +122,9 @@ func (in *injection) sidecarJSON(p *plan, lease *leaseEnv, grace int64) (json.Ra
 		add("PMPH_LEASE_SIZE", strconv.Itoa(lease.size))
 		if lease.lease != nil {
 			add("PMPH_LEASE_SLOT", strconv.Itoa(lease.lease.Slot))
-			add("PMPH_LEASE_HOLDER", lease.lease.Holder)
+		}
+		if lease.holder != "" {
+			add("PMPH_LEASE_HOLDER", lease.holder)
 		}
 		add("PMPH_LEASE_TOKEN_FILE", TokenPath)
 	}

@@ -150,10 +150,7 @@ func (e *kubeEnv) member(t testing.TB, ns, name, key string, size int) (*corev1.
 // the lease apart from one granted before records (and tokens) existed.
 func (e *kubeEnv) admit(t testing.TB, name string, size int, pod string) semaphore.Lease {
 	t.Helper()
-	holder, err := semaphore.NewHolderID()
-	if err != nil {
-		t.Fatal(err)
-	}
+	holder := semaphore.NewHolderID()
 	rec := semaphore.Record{Granted: time.Now(), Pod: pod}
 	got, err := e.sem.AcquireWithRecord(context.Background(), name, size, 5*time.Minute, holder, rec)
 	if err != nil {

@@ -111,10 +111,7 @@ func (e *env) namespace(t *testing.T, name string) {
 // lease takes a slot of ns/key for a pod, with a record unless legacy.
 func (e *env) lease(t *testing.T, ns, key, pod string, legacy bool) semaphore.Lease {
 	t.Helper()
-	holder, err := semaphore.NewHolderID()
-	if err != nil {
-		t.Fatal(err)
-	}
+	holder := semaphore.NewHolderID()
 	if legacy {
 		l, err := e.sem.AcquireAs(t.Context(), ns+"/"+key, 10, 10*time.Minute, holder)
 		if err != nil {

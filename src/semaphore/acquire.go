@@ -14,11 +14,7 @@ import (
 // with a fresh holder id. It answers a *FullError when every slot is held, a
 // *NoQuorumError when too few nodes answered, or the context's error.
 func (c *Client) Acquire(ctx context.Context, name string, size int, ttl time.Duration) (Lease, error) {
-	holder, err := NewHolderID()
-	if err != nil {
-		return Lease{}, err
-	}
-	return c.AcquireAs(ctx, name, size, ttl, holder)
+	return c.AcquireAs(ctx, name, size, ttl, NewHolderID())
 }
 
 // AcquireAs is Acquire with the caller's holder id. It is idempotent: when

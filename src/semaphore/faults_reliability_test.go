@@ -118,10 +118,7 @@ func TestReacquiredLeaseSurvivesTheLostLeaseCleanup(t *testing.T) {
 	c, cluster := newClient(t, 3, 200*time.Millisecond)
 	ctx := context.Background()
 	const name = "ns/reacquired"
-	holder, err := semaphore.NewHolderID()
-	if err != nil {
-		t.Fatal(err)
-	}
+	holder := semaphore.NewHolderID()
 	// A lease that expires on every node, as a sidecar's startup lease
 	// does when its pod starts late.
 	if _, err := c.AcquireAs(ctx, name, 1, 300*time.Millisecond, holder); err != nil {

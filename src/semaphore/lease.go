@@ -41,69 +41,86 @@ func (c *Client) renew(ctx context.Context, lease Lease, ttl time.Duration, bega
 	replies := c.fanout(func(n *node) (any, error) {
 		return n.eval(c.scripts.renew, base, lease.Holder, lease.Slot, ttl.Milliseconds())
 	})
-	m := len(c.nodes)
-	var (
-		failures                          []NodeError
-		renewed, missing, other, answered int
-		lost                              []int // nodes that no longer have the key
-	)
-	for answered < m {
+	var tally renewTally
+	for tally.answered < len(c.nodes) {
 		select {
 		case <-ctx.Done():
-			c.drain(replies, m-answered, nil)
+			c.drain(replies, len(c.nodes)-tally.answered, nil)
 			return Lease{}, fmt.Errorf("renewing slot %d of semaphore %q: %w", lease.Slot, lease.Name, ctx.Err())
 		case r := <-replies:
-			answered++
-			v, ok := r.val.(int64)
-			if r.err == nil && !ok {
-				r.err = &protocolError{what: "renew", reply: r.val}
-			}
-			switch {
-			case r.err != nil:
-				failures = append(failures, NodeError{Node: c.nodes[r.node].addr, Err: r.err})
-			case v == 1:
-				renewed++
-			case v == 0:
-				missing++
-				lost = append(lost, r.node)
-			default:
-				other++
-			}
+			tally.add(c.nodes[r.node].addr, r)
 		}
-		remaining := m - answered
-		switch {
-		case renewed >= c.quorum:
-			now := time.Now()
-			if (!lease.Deadline.IsZero() && !now.Before(lease.Deadline)) || !now.Before(began.Add(ttl-drift(ttl))) {
-				c.drain(replies, remaining, nil)
-				c.releaseNow(base, lease)
-				return Lease{}, &LeaseLostError{Lease: lease, Reason: LostExpired}
-			}
-			deadline := began.Add(ttl - drift(ttl))
-			next := Lease{Name: lease.Name, Slot: lease.Slot, Holder: lease.Holder, Deadline: deadline}
-			c.repair(base, next, lost)
-			c.drain(replies, remaining, func(r reply) {
-				if v, ok := r.val.(int64); r.err == nil && ok && v == 0 {
-					c.repair(base, next, []int{r.node})
-				}
-			})
-			return next, nil
-		case missing+other > m-c.quorum:
-			c.drain(replies, remaining, nil)
-			c.releaseNow(base, lease)
-			reason := LostNotFound
-			if other >= c.quorum {
-				reason = LostHeldByOther
-			}
-			return Lease{}, &LeaseLostError{Lease: lease, Reason: reason}
-		case renewed+remaining < c.quorum:
-			// Failed nodes might still hold the lease: not known to be lost,
-			// so the caller should retry while its validity lasts.
-			c.drain(replies, remaining, nil)
-			return Lease{}, &NoQuorumError{Op: "renew", Quorum: c.quorum, Nodes: m, Failures: failures}
+		if next, decided, err := c.renewVerdict(base, lease, ttl, began, &tally, replies); decided {
+			return next, err
 		}
 	}
-	return Lease{}, &NoQuorumError{Op: "renew", Quorum: c.quorum, Nodes: m, Failures: failures}
+	return Lease{}, &NoQuorumError{Op: "renew", Quorum: c.quorum, Nodes: len(c.nodes), Failures: tally.failures}
+}
+
+// renewTally counts the nodes' answers to one renewal.
+type renewTally struct {
+	renewed, missing, other, answered int
+	// lost are the nodes that no longer have the key.
+	lost     []int
+	failures []NodeError
+}
+
+func (t *renewTally) add(addr string, r reply) {
+	t.answered++
+	v, ok := r.val.(int64)
+	if r.err == nil && !ok {
+		r.err = &protocolError{what: "renew", reply: r.val}
+	}
+	switch {
+	case r.err != nil:
+		t.failures = append(t.failures, NodeError{Node: addr, Err: r.err})
+	case v == 1:
+		t.renewed++
+	case v == 0:
+		t.missing++
+		t.lost = append(t.lost, r.node)
+	default:
+		t.other++
+	}
+}
+
+// renewVerdict decides a renewal as soon as the answers so far allow it:
+// renewed by a quorum in time, lost, or short of a quorum. The answers
+// still under way are drained (and lost slots repaired) once it decided.
+func (c *Client) renewVerdict(base string, lease Lease, ttl time.Duration, began time.Time, t *renewTally, replies chan reply) (next Lease, decided bool, err error) {
+	m := len(c.nodes)
+	remaining := m - t.answered
+	switch {
+	case t.renewed >= c.quorum:
+		now := time.Now()
+		if (!lease.Deadline.IsZero() && !now.Before(lease.Deadline)) || !now.Before(began.Add(ttl-drift(ttl))) {
+			c.drain(replies, remaining, nil)
+			c.releaseNow(base, lease)
+			return Lease{}, true, &LeaseLostError{Lease: lease, Reason: LostExpired}
+		}
+		next = Lease{Name: lease.Name, Slot: lease.Slot, Holder: lease.Holder, Deadline: began.Add(ttl - drift(ttl))}
+		c.repair(base, next, t.lost)
+		c.drain(replies, remaining, func(r reply) {
+			if v, ok := r.val.(int64); r.err == nil && ok && v == 0 {
+				c.repair(base, next, []int{r.node})
+			}
+		})
+		return next, true, nil
+	case t.missing+t.other > m-c.quorum:
+		c.drain(replies, remaining, nil)
+		c.releaseNow(base, lease)
+		reason := LostNotFound
+		if t.other >= c.quorum {
+			reason = LostHeldByOther
+		}
+		return Lease{}, true, &LeaseLostError{Lease: lease, Reason: reason}
+	case t.renewed+remaining < c.quorum:
+		// Failed nodes might still hold the lease: not known to be lost,
+		// so the caller should retry while its validity lasts.
+		c.drain(replies, remaining, nil)
+		return Lease{}, true, &NoQuorumError{Op: "renew", Quorum: c.quorum, Nodes: m, Failures: t.failures}
+	}
+	return Lease{}, false, nil
 }
 
 // repair re-creates a valid lease's slot on nodes that lost it, for the rest

@@ -29,15 +29,6 @@ func rawDo(t *testing.T, cluster *redistest.Cluster, node int, cmd string, args 
 
 func recordKey(name, holder string) string { return "pmph:{" + name + "}:record:" + holder }
 
-func newHolder(t *testing.T) string {
-	t.Helper()
-	h, err := semaphore.NewHolderID()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return h
-}
-
 func testRecord(pod string) semaphore.Record {
 	return semaphore.Record{Granted: time.UnixMilli(time.Now().UnixMilli()), Pod: pod,
 		Owner: "ReplicaSet/web-1", OwnerAPIVersion: "apps/v1", OwnerUID: "0b7c-uid"}
@@ -47,7 +38,7 @@ func TestRecordLivesAndDiesWithTheLease(t *testing.T) {
 	c, cluster := newClient(t, 3, time.Second)
 	ctx := context.Background()
 	const name = "ns/rec"
-	holder := newHolder(t)
+	holder := semaphore.NewHolderID()
 	rec := testRecord("web-1-abcde")
 	lease, err := c.AcquireWithRecord(ctx, name, 2, 10*time.Second, holder, rec)
 	if err != nil {
@@ -112,7 +103,7 @@ func TestRecordLivesAndDiesWithTheLease(t *testing.T) {
 func TestRecordExpiresWithTheClaim(t *testing.T) {
 	c, _ := newClient(t, 3, time.Second)
 	ctx := context.Background()
-	holder := newHolder(t)
+	holder := semaphore.NewHolderID()
 	if _, err := c.AcquireWithRecord(ctx, "ns/short", 1, 300*time.Millisecond, holder, testRecord("p")); err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +118,7 @@ func TestRecordedLeasesWalksEverySemaphore(t *testing.T) {
 	ctx := context.Background()
 	want := map[string]string{} // holder -> semaphore
 	for _, name := range []string{"a/one", "b/two", "b/two", "c/with:colon"} {
-		h := newHolder(t)
+		h := semaphore.NewHolderID()
 		if _, err := c.AcquireWithRecord(ctx, name, 3, time.Minute, h, testRecord("pod-"+h[:4])); err != nil {
 			t.Fatal(err)
 		}
@@ -167,7 +158,7 @@ func TestLeasesOfAFullSemaphore(t *testing.T) {
 	const name = "ns/full"
 	holders := map[int]string{}
 	for range 2 {
-		h := newHolder(t)
+		h := semaphore.NewHolderID()
 		l, err := c.AcquireWithRecord(ctx, name, 3, time.Minute, h, testRecord("pod"))
 		if err != nil {
 			t.Fatal(err)

@@ -179,10 +179,7 @@ func TestAcquireUntilFullAndRelease(t *testing.T) {
 func TestAcquireAsIsIdempotent(t *testing.T) {
 	c, _ := newClient(t, 3, time.Second)
 	ctx := context.Background()
-	holder, err := semaphore.NewHolderID()
-	if err != nil {
-		t.Fatal(err)
-	}
+	holder := semaphore.NewHolderID()
 	first, err := c.AcquireAs(ctx, "ns/idem", 5, time.Minute, holder)
 	if err != nil {
 		t.Fatal(err)
@@ -371,6 +368,10 @@ func TestNeverMoreHoldersThanSize(t *testing.T) {
 					for remaining.Add(-1) >= 0 && ctx.Err() == nil {
 						l, err := c.Acquire(ctx, name, size, 10*time.Second)
 						if err != nil {
+							if ctx.Err() != nil {
+								// The run's time is up on a slow machine: fewer cycles, not a failure.
+								return
+							}
 							if !errors.Is(err, semaphore.ErrFull) && !errors.Is(err, semaphore.ErrNoQuorum) {
 								failures <- err.Error()
 								return
@@ -394,7 +395,7 @@ func TestNeverMoreHoldersThanSize(t *testing.T) {
 						time.Sleep(time.Duration(rand.IntN(2000)) * time.Microsecond)
 						owners.Delete(l.Slot)
 						holders.Add(-1)
-						if _, err := c.Release(ctx, l); err != nil {
+						if _, err := c.Release(context.WithoutCancel(ctx), l); err != nil {
 							failures <- err.Error()
 							return
 						}

@@ -342,19 +342,19 @@ func (vs values) lease(caPEM string, readFile func(string) ([]byte, error)) (*Le
 
 	slot, holder := vs["lease-slot"], vs["lease-holder"]
 	switch {
-	case slot.set != holder.set:
-		missing := holder
-		if !slot.set {
-			missing = slot
-		}
-		return nil, fmt.Errorf("%s and %s come together (the webhook sets both when it took a slot); %s is missing", slot.name, holder.name, missing.name)
+	case slot.set && !holder.set:
+		return nil, fmt.Errorf("%s comes with %s (the webhook sets both when it took a slot); %s is missing", slot.name, holder.name, holder.name)
 	case !slot.set:
+		// Admitted without a slot (no quorum under the allow policy): the
+		// sidecar takes one under the holder id the pod carries, which is
+		// how the lease API knows the lease is this pod's.
 		lc.WithoutSlot = true
-		id, err := newHolderID()
-		if err != nil {
-			return nil, err
+		lc.Lease.Holder = holder.raw
+		if !holder.set {
+			lc.Lease.Holder = newHolderID()
+		} else if !validHolder(holder.raw) {
+			return nil, holder.errorf("must be 32 lowercase hex digits")
 		}
-		lc.Lease.Holder = id
 	default:
 		n, err := vs.int64("lease-slot", 0, size-1)
 		if err != nil {
@@ -380,12 +380,11 @@ func validHolder(s string) bool {
 	return err == nil && strings.ToLower(s) == s
 }
 
-// newHolderID is a random 128-bit holder id, for a pod admitted without a
-// slot.
-func newHolderID() (string, error) {
+// newHolderID is a random 128-bit holder id, for a sidecar started without
+// one (by hand, or by a webhook that predates holders on every path).
+// crypto/rand.Read never fails: it crashes the program instead.
+func newHolderID() string {
 	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", fmt.Errorf("reading a random holder id: %w", err)
-	}
-	return hex.EncodeToString(b[:]), nil
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }

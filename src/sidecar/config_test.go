@@ -127,6 +127,13 @@ func TestParseConfig(t *testing.T) {
 					t.Errorf("lease %+v", c.Lease)
 				}
 			}},
+		{name: "admitted without a slot keeps the pod's holder",
+			env: leaseEnv(map[string]string{"PMPH_LEASE_SLOT": ""}),
+			check: func(t *testing.T, c sidecar.Config) {
+				if !c.Lease.WithoutSlot || c.Lease.Lease.Holder != testHolder {
+					t.Errorf("lease %+v", c.Lease)
+				}
+			}},
 		{name: "lease URL alone means no lease", env: map[string]string{"PMPH_LEASE_URL": "https://x:1"},
 			check: func(t *testing.T, c sidecar.Config) {
 				if c.Lease != nil {
@@ -177,7 +184,9 @@ func TestParseConfig(t *testing.T) {
 		{name: "bad holder", env: leaseEnv(map[string]string{"PMPH_LEASE_HOLDER": strings.ToUpper(testHolder)}),
 			wantErr: `PMPH_LEASE_HOLDER "` + strings.ToUpper(testHolder) + `" must be 32 lowercase hex digits`},
 		{name: "slot without holder", env: leaseEnv(map[string]string{"PMPH_LEASE_HOLDER": ""}),
-			wantErr: `PMPH_LEASE_SLOT and --lease-holder (PMPH_LEASE_HOLDER) come together (the webhook sets both when it took a slot); --lease-holder (PMPH_LEASE_HOLDER) is missing`},
+			wantErr: `PMPH_LEASE_SLOT comes with --lease-holder (PMPH_LEASE_HOLDER) (the webhook sets both when it took a slot); --lease-holder (PMPH_LEASE_HOLDER) is missing`},
+		{name: "bad holder without a slot", env: leaseEnv(map[string]string{"PMPH_LEASE_SLOT": "", "PMPH_LEASE_HOLDER": "x"}),
+			wantErr: `PMPH_LEASE_HOLDER "x" must be 32 lowercase hex digits`},
 		{name: "negative renew interval", env: leaseEnv(map[string]string{"PMPH_RENEW_INTERVAL": "-1s"}),
 			wantErr: `PMPH_RENEW_INTERVAL "-1s" must not be negative`},
 	}
