@@ -2,6 +2,7 @@ package promk8s
 
 import (
 	"fmt"
+	"regexp"
 	"sort"
 	"strings"
 
@@ -13,16 +14,27 @@ import (
 // none of them.
 var podOnlyPaths = []string{"/etc/prometheus/", "/var/run/secrets/"}
 
+// reloaderVar is how the operator's configuration refers to the environment
+// of its config-reloader container, which substitutes the value before
+// Prometheus reads the file (the shard's keep rule holds $(SHARD), say).
+var reloaderVar = regexp.MustCompile(`\$\(([a-zA-Z_0-9]+)\)`)
+
 // HostConfig turns the configuration prometheus-operator generated for its
-// Prometheus pod into one that a Prometheus on the host runs. The one change:
-// every kubernetes_sd_configs entry gets kubeconfig_file, because the host has
-// no in-cluster service account and API server address. Everything else is
-// kept as generated. A configuration that names a file only the pod has (a
-// mounted TLS or bearer-token file, say) is refused with the field that names
-// it, rather than run half-working.
-func HostConfig(generated []byte, kubeconfig string) (string, error) {
+// Prometheus pod into one that a Prometheus on the host runs. It does what
+// the config-reloader does in the pod: every $(NAME) becomes reloaderEnv's
+// NAME, and a name it lacks is an error, as in the reloader. The one change
+// of its own: every kubernetes_sd_configs entry gets kubeconfig_file, because
+// the host has no in-cluster service account and API server address.
+// Everything else is kept as generated. A configuration that names a file
+// only the pod has (a mounted TLS or bearer-token file, say) is refused with
+// the field that names it, rather than run half-working.
+func HostConfig(generated []byte, kubeconfig string, reloaderEnv map[string]string) (string, error) {
+	expanded, err := expandReloaderVars(generated, reloaderEnv)
+	if err != nil {
+		return "", err
+	}
 	var config map[string]any
-	if err := yaml.Unmarshal(generated, &config); err != nil {
+	if err := yaml.Unmarshal(expanded, &config); err != nil {
 		return "", fmt.Errorf("the operator's configuration is not YAML: %w", err)
 	}
 	scrapeConfigs, _ := config["scrape_configs"].([]any)
@@ -50,6 +62,31 @@ func HostConfig(generated []byte, kubeconfig string) (string, error) {
 		return "", fmt.Errorf("cannot write the host configuration: %w", err)
 	}
 	return string(out), nil
+}
+
+func expandReloaderVars(generated []byte, env map[string]string) ([]byte, error) {
+	var missing []string
+	out := reloaderVar.ReplaceAllFunc(generated, func(ref []byte) []byte {
+		name := string(reloaderVar.FindSubmatch(ref)[1])
+		v, ok := env[name]
+		if !ok {
+			missing = append(missing, name)
+		}
+		return []byte(v)
+	})
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("the operator's configuration refers to $(%s), which the config-reloader's environment here does not set (it sets %s)", missing[0], strings.Join(sortedKeys(env), ", "))
+	}
+	return out, nil
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 // findPodOnlyPath returns the first field (in key order) whose value starts

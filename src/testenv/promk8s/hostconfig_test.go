@@ -10,6 +10,7 @@ import (
 
 func TestHostConfig(t *testing.T) {
 	const kubeconfig = "/tmp/kubeconfig"
+	env := map[string]string{"SHARD": "0", "POD_NAME": "prometheus-p-0"}
 	tests := []struct {
 		name      string
 		generated string
@@ -57,6 +58,34 @@ func TestHostConfig(t *testing.T) {
 `,
 		},
 		{
+			name: "the config-reloader's variables are substituted",
+			generated: `global:
+  external_labels:
+    prometheus_replica: $(POD_NAME)
+scrape_configs:
+- job_name: x
+  relabel_configs:
+  - source_labels: [__tmp_hash, __tmp_disable_sharding]
+    regex: $(SHARD);|.+;.+
+    action: keep
+`,
+			want: `global:
+  external_labels:
+    prometheus_replica: prometheus-p-0
+scrape_configs:
+- job_name: x
+  relabel_configs:
+  - source_labels: [__tmp_hash, __tmp_disable_sharding]
+    regex: 0;|.+;.+
+    action: keep
+`,
+		},
+		{
+			name:      "a variable the reloader's environment lacks is an error",
+			generated: "scrape_configs:\n- job_name: x\n  kubernetes_sd_configs:\n  - role: pod\n    selectors:\n    - role: pod\n      field: spec.nodeName=$(NODE_NAME)\n",
+			wantErr:   "refers to $(NODE_NAME), which the config-reloader's environment here does not set (it sets POD_NAME, SHARD)",
+		},
+		{
 			name:      "an explicit API server is not an in-cluster configuration",
 			generated: "scrape_configs:\n- job_name: x\n  kubernetes_sd_configs:\n  - role: pod\n    api_server: https://10.0.0.1\n",
 			wantErr:   "already sets api_server",
@@ -79,7 +108,7 @@ func TestHostConfig(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := HostConfig([]byte(tt.generated), kubeconfig)
+			got, err := HostConfig([]byte(tt.generated), kubeconfig, env)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("HostConfig error = %v, want one containing %q", err, tt.wantErr)

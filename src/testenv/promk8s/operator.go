@@ -189,10 +189,6 @@ func (op *operator) createPrometheus(ctx context.Context, t testing.TB, opts Ser
 			// Every ServiceMonitor in the namespaces the operator watches.
 			"serviceMonitorSelector":          map[string]any{},
 			"serviceMonitorNamespaceSelector": map[string]any{},
-			// Without these the operator adds external labels whose value
-			// $(POD_NAME) only its config-reloader expands.
-			"replicaExternalLabelName":    "",
-			"prometheusExternalLabelName": "",
 		},
 	}}
 	res := op.dyn.Resource(prometheusGVR).Namespace(op.namespace)
@@ -441,7 +437,7 @@ func (op *operator) fetch(ctx context.Context) (changed bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("cannot unpack the operator's %s: %w", configKey, err)
 	}
-	host, err := HostConfig(generated, op.kubeconfig)
+	host, err := HostConfig(generated, op.kubeconfig, op.reloaderEnv())
 	if err != nil {
 		return false, err
 	}
@@ -449,6 +445,12 @@ func (op *operator) fetch(ctx context.Context) (changed bool, err error) {
 	op.gz, op.generated, op.host = gz, string(generated), host
 	op.mu.Unlock()
 	return true, nil
+}
+
+// reloaderEnv is what the config-reloader of the StatefulSet's first pod
+// (shard 0) has in its environment; the host process stands in for that pod.
+func (op *operator) reloaderEnv() map[string]string {
+	return map[string]string{"SHARD": "0", "POD_NAME": "prometheus-" + op.name + "-0"}
 }
 
 func (op *operator) hostConfig() string {
