@@ -31,7 +31,7 @@ type release struct {
 
 // installOptions choose how installChart installs the chart.
 type installOptions struct {
-	// Name is the release's name; its namespace is Name+"-system".
+	// Name is the release's name; its namespace is releaseNamespace(Name).
 	Name string
 	// CIValues are files of the chart's ci/ directory, applied in order.
 	CIValues []string
@@ -44,7 +44,7 @@ type installOptions struct {
 // it and deletes its namespace when t ends.
 func (c *cluster) installChart(t *testing.T, opts installOptions) *release {
 	t.Helper()
-	r := &release{c: c, Name: opts.Name, Namespace: opts.Name + "-system", Fullname: opts.Name + "-" + chartName}
+	r := &release{c: c, Name: opts.Name, Namespace: releaseNamespace(opts.Name), Fullname: opts.Name + "-" + chartName}
 	c.kubectl(t, "create", "namespace", r.Namespace)
 	t.Cleanup(func() { r.uninstall(t) })
 	secret := r.createTLSSecret(t)
@@ -74,6 +74,9 @@ func (c *cluster) installChart(t *testing.T, opts installOptions) *release {
 	}
 	return r
 }
+
+// releaseNamespace is the namespace installChart installs release name in.
+func releaseNamespace(name string) string { return name + "-system" }
 
 // createTLSSecret stores a serving certificate for the webhook's Service.
 func (r *release) createTLSSecret(t *testing.T) string {

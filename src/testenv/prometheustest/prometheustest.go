@@ -374,6 +374,50 @@ func (s *Server) Targets(ctx context.Context) ([]Target, error) {
 	return out, nil
 }
 
+// Rule is one loaded alerting or recording rule.
+type Rule struct {
+	// Group and File are the rule group's name and the file it came from.
+	Group, File string
+	Name        string
+	Type        string // "alerting" or "recording"
+	// Health is "ok" once evaluated without error, "err" after an error,
+	// "unknown" before the first evaluation.
+	Health    string
+	LastError string
+	// State is an alerting rule's "inactive", "pending" or "firing".
+	State          string
+	LastEvaluation time.Time
+}
+
+// Rules lists the loaded rules, group by group.
+func (s *Server) Rules(ctx context.Context) ([]Rule, error) {
+	var data struct {
+		Groups []struct {
+			Name  string `json:"name"`
+			File  string `json:"file"`
+			Rules []struct {
+				Name           string    `json:"name"`
+				Type           string    `json:"type"`
+				Health         string    `json:"health"`
+				LastError      string    `json:"lastError"`
+				State          string    `json:"state"`
+				LastEvaluation time.Time `json:"lastEvaluation"`
+			} `json:"rules"`
+		} `json:"groups"`
+	}
+	if err := s.api(ctx, "/api/v1/rules", nil, &data); err != nil {
+		return nil, err
+	}
+	var out []Rule
+	for _, g := range data.Groups {
+		for _, r := range g.Rules {
+			out = append(out, Rule{Group: g.Name, File: g.File, Name: r.Name, Type: r.Type, Health: r.Health,
+				LastError: r.LastError, State: r.State, LastEvaluation: r.LastEvaluation})
+		}
+	}
+	return out, nil
+}
+
 // WaitFor evaluates expr every 100 ms until cond holds for its result or
 // timeout passes; it fails the test on timeout and returns the last result.
 func (s *Server) WaitFor(t testing.TB, timeout time.Duration, expr string, cond func([]Sample) bool) []Sample {

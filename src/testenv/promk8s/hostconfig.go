@@ -2,6 +2,8 @@ package promk8s
 
 import (
 	"fmt"
+	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 
@@ -13,43 +15,129 @@ import (
 // none of them.
 var podOnlyPaths = []string{"/etc/prometheus/", "/var/run/secrets/"}
 
+// reloaderVar is how the operator's configuration refers to the environment
+// of its config-reloader container, which substitutes the value before
+// Prometheus reads the file (the shard's keep rule holds $(SHARD), say).
+var reloaderVar = regexp.MustCompile(`\$\(([a-zA-Z_0-9]+)\)`)
+
+// podRulesDir is where the operator's Prometheus pod mounts each rule
+// ConfigMap, one directory per ConfigMap.
+const podRulesDir = "/etc/prometheus/rules/"
+
+// Host is what a Prometheus on the host has in place of the operator's pod.
+type Host struct {
+	// Kubeconfig reaches the API server; the pod has its service account.
+	Kubeconfig string
+	// ReloaderEnv is the environment of the pod's config-reloader.
+	ReloaderEnv map[string]string
+	// RulesDir holds the rule ConfigMaps the pod mounts under
+	// /etc/prometheus/rules, one directory per ConfigMap named after it.
+	RulesDir string
+}
+
 // HostConfig turns the configuration prometheus-operator generated for its
-// Prometheus pod into one that a Prometheus on the host runs. The one change:
-// every kubernetes_sd_configs entry gets kubeconfig_file, because the host has
-// no in-cluster service account and API server address. Everything else is
-// kept as generated. A configuration that names a file only the pod has (a
-// mounted TLS or bearer-token file, say) is refused with the field that names
-// it, rather than run half-working.
-func HostConfig(generated []byte, kubeconfig string) (string, error) {
-	var config map[string]any
-	if err := yaml.Unmarshal(generated, &config); err != nil {
-		return "", fmt.Errorf("the operator's configuration is not YAML: %w", err)
+// Prometheus pod into one that a Prometheus on the host runs, and returns
+// the names of the rule ConfigMaps it reads. It does what the
+// config-reloader does in the pod: every $(NAME) becomes ReloaderEnv's NAME,
+// and a name it lacks is an error, as in the reloader. The changes of its
+// own: every kubernetes_sd_configs entry gets kubeconfig_file, because the
+// host has no in-cluster service account and API server address, and
+// rule_files under /etc/prometheus/rules move to RulesDir. Everything else
+// is kept as generated. A configuration that names any other file only the
+// pod has (a mounted TLS or bearer-token file, say) is refused with the
+// field that names it, rather than run half-working.
+func HostConfig(generated []byte, host Host) (config string, ruleConfigMaps []string, err error) {
+	expanded, err := expandReloaderVars(generated, host.ReloaderEnv)
+	if err != nil {
+		return "", nil, err
 	}
-	scrapeConfigs, _ := config["scrape_configs"].([]any)
+	var cfg map[string]any
+	if err := yaml.Unmarshal(expanded, &cfg); err != nil {
+		return "", nil, fmt.Errorf("the operator's configuration is not YAML: %w", err)
+	}
+	if err := addKubeconfig(cfg, host.Kubeconfig); err != nil {
+		return "", nil, err
+	}
+	if host.RulesDir != "" {
+		if ruleConfigMaps, err = moveRuleFiles(cfg, host.RulesDir); err != nil {
+			return "", nil, err
+		}
+	}
+	if field, path := findPodOnlyPath("", cfg); field != "" {
+		return "", nil, fmt.Errorf("%s names %s, a file that only the operator's Prometheus pod has; a host Prometheus cannot run this configuration", field, path)
+	}
+	out, err := yaml.Marshal(cfg)
+	if err != nil {
+		return "", nil, fmt.Errorf("cannot write the host configuration: %w", err)
+	}
+	return string(out), ruleConfigMaps, nil
+}
+
+func addKubeconfig(cfg map[string]any, kubeconfig string) error {
+	scrapeConfigs, _ := cfg["scrape_configs"].([]any)
 	for i, sc := range scrapeConfigs {
 		job, _ := sc.(map[string]any)
 		sds, _ := job["kubernetes_sd_configs"].([]any)
 		for j, sd := range sds {
 			entry, ok := sd.(map[string]any)
 			if !ok {
-				return "", fmt.Errorf("scrape_configs[%d].kubernetes_sd_configs[%d] is not a mapping", i, j)
+				return fmt.Errorf("scrape_configs[%d].kubernetes_sd_configs[%d] is not a mapping", i, j)
 			}
 			for _, key := range []string{"api_server", "kubeconfig_file"} {
 				if v, set := entry[key]; set {
-					return "", fmt.Errorf("scrape_configs[%d] (%v).kubernetes_sd_configs[%d] already sets %s to %v; the harness only runs in-cluster configurations", i, job["job_name"], j, key, v)
+					return fmt.Errorf("scrape_configs[%d] (%v).kubernetes_sd_configs[%d] already sets %s to %v; the harness only runs in-cluster configurations", i, job["job_name"], j, key, v)
 				}
 			}
 			entry["kubeconfig_file"] = kubeconfig
 		}
 	}
-	if field, path := findPodOnlyPath("", config); field != "" {
-		return "", fmt.Errorf("%s names %s, a file that only the operator's Prometheus pod has; a host Prometheus cannot run this configuration", field, path)
+	return nil
+}
+
+// moveRuleFiles points every rule_files pattern under podRulesDir at
+// rulesDir and returns the ConfigMaps they name, in order.
+func moveRuleFiles(cfg map[string]any, rulesDir string) ([]string, error) {
+	files, _ := cfg["rule_files"].([]any)
+	var names []string
+	for i, f := range files {
+		pattern, _ := f.(string)
+		rest, ok := strings.CutPrefix(pattern, podRulesDir)
+		if !ok {
+			continue
+		}
+		name, _, found := strings.Cut(rest, "/")
+		if !found || name == "" || name == "." || name == ".." {
+			return nil, fmt.Errorf("rule_files[%d] is %q, not a ConfigMap's directory under %s", i, pattern, podRulesDir)
+		}
+		files[i] = filepath.Join(rulesDir, rest)
+		names = append(names, name)
 	}
-	out, err := yaml.Marshal(config)
-	if err != nil {
-		return "", fmt.Errorf("cannot write the host configuration: %w", err)
+	return names, nil
+}
+
+func expandReloaderVars(generated []byte, env map[string]string) ([]byte, error) {
+	var missing []string
+	out := reloaderVar.ReplaceAllFunc(generated, func(ref []byte) []byte {
+		name := string(reloaderVar.FindSubmatch(ref)[1])
+		v, ok := env[name]
+		if !ok {
+			missing = append(missing, name)
+		}
+		return []byte(v)
+	})
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("the operator's configuration refers to $(%s), which the config-reloader's environment here does not set (it sets %s)", missing[0], strings.Join(sortedKeys(env), ", "))
 	}
-	return string(out), nil
+	return out, nil
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 // findPodOnlyPath returns the first field (in key order) whose value starts

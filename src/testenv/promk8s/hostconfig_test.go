@@ -10,10 +10,12 @@ import (
 
 func TestHostConfig(t *testing.T) {
 	const kubeconfig = "/tmp/kubeconfig"
+	host := Host{Kubeconfig: kubeconfig, ReloaderEnv: map[string]string{"SHARD": "0", "POD_NAME": "prometheus-p-0"}, RulesDir: "/host/rules"}
 	tests := []struct {
 		name      string
 		generated string
 		want      string // YAML compared as data; empty when an error is expected
+		wantRules []string
 		wantErr   string
 	}{
 		{
@@ -57,6 +59,45 @@ func TestHostConfig(t *testing.T) {
 `,
 		},
 		{
+			name: "the config-reloader's variables are substituted",
+			generated: `global:
+  external_labels:
+    prometheus_replica: $(POD_NAME)
+scrape_configs:
+- job_name: x
+  relabel_configs:
+  - source_labels: [__tmp_hash, __tmp_disable_sharding]
+    regex: $(SHARD);|.+;.+
+    action: keep
+`,
+			want: `global:
+  external_labels:
+    prometheus_replica: prometheus-p-0
+scrape_configs:
+- job_name: x
+  relabel_configs:
+  - source_labels: [__tmp_hash, __tmp_disable_sharding]
+    regex: 0;|.+;.+
+    action: keep
+`,
+		},
+		{
+			name:      "rule files mounted from ConfigMaps move to the rules directory",
+			generated: "rule_files:\n- /etc/prometheus/rules/prometheus-p-rulefiles-0/*.yaml\n- /etc/prometheus/rules/prometheus-p-rulefiles-1/*.yaml\n",
+			want:      "rule_files:\n- /host/rules/prometheus-p-rulefiles-0/*.yaml\n- /host/rules/prometheus-p-rulefiles-1/*.yaml\n",
+			wantRules: []string{"prometheus-p-rulefiles-0", "prometheus-p-rulefiles-1"},
+		},
+		{
+			name:      "a rule file outside a ConfigMap's directory is refused",
+			generated: "rule_files:\n- /etc/prometheus/rules/*.yaml\n",
+			wantErr:   `rule_files[0] is "/etc/prometheus/rules/*.yaml", not a ConfigMap's directory`,
+		},
+		{
+			name:      "a variable the reloader's environment lacks is an error",
+			generated: "scrape_configs:\n- job_name: x\n  kubernetes_sd_configs:\n  - role: pod\n    selectors:\n    - role: pod\n      field: spec.nodeName=$(NODE_NAME)\n",
+			wantErr:   "refers to $(NODE_NAME), which the config-reloader's environment here does not set (it sets POD_NAME, SHARD)",
+		},
+		{
 			name:      "an explicit API server is not an in-cluster configuration",
 			generated: "scrape_configs:\n- job_name: x\n  kubernetes_sd_configs:\n  - role: pod\n    api_server: https://10.0.0.1\n",
 			wantErr:   "already sets api_server",
@@ -79,7 +120,7 @@ func TestHostConfig(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := HostConfig([]byte(tt.generated), kubeconfig)
+			got, rules, err := HostConfig([]byte(tt.generated), host)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("HostConfig error = %v, want one containing %q", err, tt.wantErr)
@@ -98,6 +139,9 @@ func TestHostConfig(t *testing.T) {
 			}
 			if !reflect.DeepEqual(gotData, wantData) {
 				t.Errorf("HostConfig =\n%s\nwant\n%s", got, tt.want)
+			}
+			if !reflect.DeepEqual(rules, tt.wantRules) {
+				t.Errorf("HostConfig's rule ConfigMaps = %q, want %q", rules, tt.wantRules)
 			}
 		})
 	}

@@ -78,7 +78,7 @@ func StartFromServiceMonitors(t testing.TB, kubeconfig, namespace string, opts S
 	if err := applyOperatorCRDs(ctx, kubeconfig, t.TempDir()); err != nil {
 		t.Fatal(err)
 	}
-	op, err := newOperator(kubeconfig, namespace)
+	op, err := newOperator(kubeconfig, namespace, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,17 +137,21 @@ type operator struct {
 
 	syncMu sync.Mutex // one sync at a time
 
+	rulesDir string
+	rules    *ruleFiles
+
 	mu        sync.Mutex
 	gz        []byte // the Secret's value last loaded
 	generated string
 	host      string
+	ruleNames []string // the rule ConfigMaps host reads
 	lastErr   error
 
 	stopFollow context.CancelFunc
 	followDone chan struct{}
 }
 
-func newOperator(kubeconfig, namespace string) (*operator, error) {
+func newOperator(kubeconfig, namespace, rulesDir string) (*operator, error) {
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		return nil, fmt.Errorf("cannot read the kubeconfig %s: %w", kubeconfig, err)
@@ -164,7 +168,10 @@ func newOperator(kubeconfig, namespace string) (*operator, error) {
 	if _, err := rand.Read(suffix); err != nil {
 		return nil, err
 	}
-	return &operator{kubeconfig: kubeconfig, namespace: namespace, name: "promk8s-" + hex.EncodeToString(suffix), kube: kube, dyn: dyn}, nil
+	return &operator{
+		kubeconfig: kubeconfig, namespace: namespace, name: "promk8s-" + hex.EncodeToString(suffix), kube: kube, dyn: dyn,
+		rulesDir: rulesDir, rules: &ruleFiles{kube: kube, namespace: namespace, dir: rulesDir},
+	}, nil
 }
 
 // createPrometheus creates the Prometheus resource the operator generates
@@ -185,14 +192,14 @@ func (op *operator) createPrometheus(ctx context.Context, t testing.TB, opts Ser
 			"version":              version,
 			"scrapeInterval":       promDuration(opts.ScrapeInterval),
 			"scrapeTimeout":        promDuration(opts.ScrapeTimeout),
+			"evaluationInterval":   promDuration(opts.ScrapeInterval),
 			"serviceDiscoveryRole": opts.ServiceDiscoveryRole,
 			// Every ServiceMonitor in the namespaces the operator watches.
 			"serviceMonitorSelector":          map[string]any{},
 			"serviceMonitorNamespaceSelector": map[string]any{},
-			// Without these the operator adds external labels whose value
-			// $(POD_NAME) only its config-reloader expands.
-			"replicaExternalLabelName":    "",
-			"prometheusExternalLabelName": "",
+			// And every PrometheusRule: the harness writes the rule files.
+			"ruleSelector":          map[string]any{},
+			"ruleNamespaceSelector": map[string]any{},
 		},
 	}}
 	res := op.dyn.Resource(prometheusGVR).Namespace(op.namespace)
@@ -416,8 +423,8 @@ func (op *operator) waitForConfig(ctx context.Context) (string, error) {
 	}
 }
 
-// fetch reads the operator's Secret and, when it changed, turns it into the
-// host configuration.
+// fetch reads the operator's Secret and rule ConfigMaps and, when either
+// changed, turns them into the host configuration and rule files.
 func (op *operator) fetch(ctx context.Context) (changed bool, err error) {
 	secret, err := op.kube.CoreV1().Secrets(op.namespace).Get(ctx, "prometheus-"+op.name, metav1.GetOptions{})
 	if err != nil {
@@ -428,27 +435,47 @@ func (op *operator) fetch(ctx context.Context) (changed bool, err error) {
 		return false, fmt.Errorf("the operator's Secret %s/%s has no key %s", op.namespace, secret.Name, configKey)
 	}
 	op.mu.Lock()
-	same := bytes.Equal(gz, op.gz)
+	same, generated, host, ruleNames := bytes.Equal(gz, op.gz), op.generated, op.host, op.ruleNames
 	op.mu.Unlock()
-	if same {
-		return false, nil
+	if !same {
+		raw, err := gunzip(gz)
+		if err != nil {
+			return false, err
+		}
+		generated = string(raw)
+		if host, ruleNames, err = HostConfig(raw, Host{Kubeconfig: op.kubeconfig, ReloaderEnv: op.reloaderEnv(), RulesDir: op.rulesDir}); err != nil {
+			return false, err
+		}
 	}
-	zr, err := gzip.NewReader(bytes.NewReader(gz))
-	if err != nil {
-		return false, fmt.Errorf("the operator's %s is not gzip: %w", configKey, err)
-	}
-	generated, err := io.ReadAll(io.LimitReader(zr, 16<<20))
-	if err != nil {
-		return false, fmt.Errorf("cannot unpack the operator's %s: %w", configKey, err)
-	}
-	host, err := HostConfig(generated, op.kubeconfig)
+	rules, err := op.rules.fetch(ctx, ruleNames)
 	if err != nil {
 		return false, err
 	}
+	if same && !rules {
+		return false, nil
+	}
 	op.mu.Lock()
-	op.gz, op.generated, op.host = gz, string(generated), host
+	op.gz, op.generated, op.host, op.ruleNames = gz, generated, host, ruleNames
 	op.mu.Unlock()
 	return true, nil
+}
+
+func gunzip(gz []byte) ([]byte, error) {
+	zr, err := gzip.NewReader(bytes.NewReader(gz))
+	if err != nil {
+		return nil, fmt.Errorf("the operator's %s is not gzip: %w", configKey, err)
+	}
+	raw, err := io.ReadAll(io.LimitReader(zr, 16<<20))
+	if err != nil {
+		return nil, fmt.Errorf("cannot unpack the operator's %s: %w", configKey, err)
+	}
+	return raw, nil
+}
+
+// reloaderEnv is what the config-reloader of the StatefulSet's first pod
+// (shard 0) has in its environment; the host process stands in for that pod.
+func (op *operator) reloaderEnv() map[string]string {
+	return map[string]string{"SHARD": "0", "POD_NAME": "prometheus-" + op.name + "-0"}
 }
 
 func (op *operator) hostConfig() string {

@@ -17,9 +17,6 @@ package promk8s
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -49,12 +46,6 @@ type Options struct {
 	// StartFromServiceMonitors they are watched besides the namespace of the
 	// Prometheus resource.
 	Namespaces []string
-	// HostAliases maps host names to IP addresses for Prometheus alone: it
-	// runs in a private mount namespace with its own /etc/hosts (root and
-	// unshare(1) needed). The API server refuses loopback addresses in
-	// EndpointSlices, so a test without a pod network names a loopback
-	// server by an FQDN EndpointSlice that resolves here.
-	HostAliases map[string]string
 	// StartTimeout bounds the start of each process and the operator's first
 	// configuration; zero means 3 minutes.
 	StartTimeout time.Duration
@@ -85,80 +76,47 @@ type Prometheus struct {
 // Config is the configuration Prometheus runs now.
 func (p *Prometheus) Config() string { return p.config() }
 
-// startServer runs prometheus-k8s with config; aliases (may be empty) go
-// into its own /etc/hosts.
+// startServer runs prometheus-k8s with config.
 func startServer(t testing.TB, config string, opts Options) *prometheustest.Server {
 	t.Helper()
 	bin, err := kubetest.Tool(prometheusTool)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(opts.HostAliases) > 0 {
-		if bin, err = withHostAliases(t.TempDir(), bin, opts.HostAliases); err != nil {
-			t.Fatal(err)
-		}
-	}
 	return prometheustest.Start(t, prometheustest.Options{Config: config, Binary: bin, ReadyTimeout: opts.StartTimeout})
 }
-
-// withHostAliases writes a hosts file and a wrapper that runs bin in a
-// private mount namespace with that file bind-mounted on /etc/hosts. The
-// wrapper execs all the way down, so its PID is Prometheus's own and
-// prometheustest's signals reach it.
-func withHostAliases(dir, bin string, aliases map[string]string) (string, error) {
-	if os.Geteuid() != 0 {
-		return "", fmt.Errorf("HostAliases need root to bind-mount a hosts file in a private mount namespace; this test runs as uid %d", os.Geteuid())
-	}
-	names := make([]string, 0, len(aliases))
-	for name := range aliases {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	var hosts strings.Builder
-	hosts.WriteString("127.0.0.1 localhost\n::1 localhost\n")
-	for _, name := range names {
-		fmt.Fprintf(&hosts, "%s %s\n", aliases[name], name)
-	}
-	hostsFile := filepath.Join(dir, "hosts")
-	if err := os.WriteFile(hostsFile, []byte(hosts.String()), 0o644); err != nil {
-		return "", fmt.Errorf("cannot write the hosts file of Prometheus: %w", err)
-	}
-	script := "#!/bin/sh\n" +
-		"exec unshare --mount --propagation private /bin/sh -c 'mount --bind \"$0\" /etc/hosts && exec \"$@\"' " +
-		shellQuote(hostsFile) + " " + shellQuote(bin) + " \"$@\"\n"
-	wrapper := filepath.Join(dir, "prometheus-with-hosts")
-	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
-		return "", fmt.Errorf("cannot write the Prometheus wrapper: %w", err)
-	}
-	return wrapper, nil
-}
-
-func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 // WaitForTarget waits until an active target carrying every label in want
 // has been scraped successfully, and returns it. It fails the test on
 // timeout, listing the targets it saw.
 func (p *Prometheus) WaitForTarget(t testing.TB, timeout time.Duration, want map[string]string) prometheustest.Target {
 	t.Helper()
+	return p.WaitForTargets(t, timeout, want, 1)[0]
+}
+
+// WaitForTargets waits until n active targets carrying every label in want
+// have been scraped successfully, and returns them. It fails the test on
+// timeout, listing the targets it saw.
+func (p *Prometheus) WaitForTargets(t testing.TB, timeout time.Duration, want map[string]string, n int) []prometheustest.Target {
+	t.Helper()
 	var (
-		seen  []prometheustest.Target
-		found prometheustest.Target
+		seen []prometheustest.Target
+		up   []prometheustest.Target
 	)
 	err := p.poll(timeout, func(ctx context.Context) (bool, error) {
 		targets, err := p.Targets(ctx)
-		seen = targets
+		seen, up = targets, nil
 		for _, tg := range matching(targets, want) {
 			if tg.Health == "up" {
-				found = tg
-				return true, nil
+				up = append(up, tg)
 			}
 		}
-		return false, err
+		return len(up) >= n, err
 	})
 	if err != nil {
-		t.Fatalf("prometheus: no target with labels %v was up within %s (%v); targets: %s%s", want, timeout, err, describe(seen), p.operatorState())
+		t.Fatalf("prometheus: %d of %d targets with labels %v were up within %s (%v); targets: %s%s", len(up), n, want, timeout, err, describe(seen), p.operatorState())
 	}
-	return found
+	return up
 }
 
 // WaitForNoTarget waits until no active target carries every label in want,
