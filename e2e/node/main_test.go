@@ -56,9 +56,7 @@ func sharedCluster(t *testing.T) *cluster {
 		t.Skip("kubenode: " + reason)
 	}
 	clusters.once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-		defer cancel()
-		clusters.c, clusters.err = startCluster(ctx)
+		clusters.c, clusters.err = startCluster(context.Background())
 	})
 	if clusters.err != nil {
 		t.Fatalf("the shared node: %v", clusters.err)
@@ -79,7 +77,13 @@ type cluster struct {
 
 // startCluster builds and pushes the images and the chart, and starts the
 // node with containerd's mirrors pointing at the registry.
+// The wait for another package's node (the machine-wide lock) is bounded
+// only by ctx and the test binary's -timeout: under `make test` the node
+// tests of several packages queue for the machine; building and starting
+// have deadlines of their own.
 func startCluster(ctx context.Context) (_ *cluster, err error) {
+	buildCtx, cancel := context.WithTimeout(ctx, 15*time.Minute)
+	defer cancel()
 	logger := log.New(os.Stderr, "e2e/node: ", log.Ltime|log.Lmsgprefix)
 	c := &cluster{}
 	defer func() {
@@ -102,22 +106,22 @@ func startCluster(ctx context.Context) (_ *cluster, err error) {
 		return nil, err
 	}
 	started := time.Now()
-	built, err := images.Build(ctx, images.Options{WorkDir: filepath.Join(c.dir, "images")},
+	built, err := images.Build(buildCtx, images.Options{WorkDir: filepath.Join(c.dir, "images")},
 		images.NameProject, images.NameRedis, images.NamePause, images.NameMetricsApp, images.NameCoreDNS)
 	if err != nil {
 		return nil, fmt.Errorf("building the images: %w", err)
 	}
-	if c.reg, err = registry.Start(ctx, registry.Options{}); err != nil {
+	if c.reg, err = registry.Start(buildCtx, registry.Options{}); err != nil {
 		return nil, fmt.Errorf("starting the registry: %w", err)
 	}
-	if err := c.reg.PushAll(ctx, built); err != nil {
+	if err := c.reg.PushAll(buildCtx, built); err != nil {
 		return nil, err
 	}
 	c.helm = registry.Helm{Binary: helmBin, Dir: filepath.Join(c.dir, "helm")}
 	if err := os.MkdirAll(c.helm.Dir, 0o755); err != nil {
 		return nil, err
 	}
-	if c.chart, err = c.reg.PushChart(ctx, c.helm, filepath.Join(root, images.ChartDir)); err != nil {
+	if c.chart, err = c.reg.PushChart(buildCtx, c.helm, filepath.Join(root, images.ChartDir)); err != nil {
 		return nil, err
 	}
 	logger.Printf("built and pushed the images and the chart in %s", since(started))

@@ -3,14 +3,20 @@ package node
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/utils/ptr"
+
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/images"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/kubenode"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/kubetest"
 )
 
@@ -27,6 +33,8 @@ type release struct {
 	Namespace string
 	// Fullname is what the chart names its objects: RELEASE-prometheus-metrics-proxy-hook.
 	Fullname string
+	// Volumes are the local PersistentVolumes made for its Redis claims.
+	Volumes []string
 }
 
 // installOptions choose how installChart installs the chart.
@@ -37,7 +45,14 @@ type installOptions struct {
 	CIValues []string
 	// Set are --set arguments on top.
 	Set []string
+	// LocalVolumes makes a local PersistentVolume of the node's default
+	// StorageClass for each of the chart's Redis claims (persistence on),
+	// and deletes them once the release and its namespace are gone.
+	LocalVolumes bool
 }
+
+// redisReplicas is the chart's default number of Redis nodes.
+const redisReplicas = 3
 
 // installChart installs the chart from the registry, with its serving
 // certificate in a Secret (cert-manager does not run here), and uninstalls
@@ -45,6 +60,9 @@ type installOptions struct {
 func (c *cluster) installChart(t *testing.T, opts installOptions) *release {
 	t.Helper()
 	r := &release{c: c, Name: opts.Name, Namespace: releaseNamespace(opts.Name), Fullname: opts.Name + "-" + chartName}
+	if opts.LocalVolumes {
+		r.createVolumes(t)
+	}
 	c.kubectl(t, "create", "namespace", r.Namespace)
 	t.Cleanup(func() { r.uninstall(t) })
 	secret := r.createTLSSecret(t)
@@ -78,6 +96,54 @@ func (c *cluster) installChart(t *testing.T, opts installOptions) *release {
 // releaseNamespace is the namespace installChart installs release name in.
 func releaseNamespace(name string) string { return name + "-system" }
 
+// createVolumes makes the release's local volumes and deletes them when t
+// ends, after the uninstall (cleanups run last first) deleted their claims.
+func (r *release) createVolumes(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	names, err := r.c.node.CreateLocalVolumes(ctx, r.Name+"-redis-data", redisReplicas, "1Gi")
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if err := r.c.node.DeleteLocalVolumes(ctx, names); err != nil {
+			t.Errorf("deleting the release's local volumes: %v", err)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Volumes = names
+}
+
+// checkVolumes asserts that every Redis claim is Bound to one of the
+// release's local volumes, and that Redis keeps its append-only file there.
+func (r *release) checkVolumes(t *testing.T) {
+	t.Helper()
+	out := r.c.kubectl(t, "-n", r.Namespace, "get", "pvc", "-o", "json")
+	var list corev1.PersistentVolumeClaimList
+	if err := json.Unmarshal([]byte(out), &list); err != nil {
+		t.Fatalf("decoding the claims: %v", err)
+	}
+	if len(list.Items) != redisReplicas {
+		t.Errorf("%d claims in %s, want one per Redis node (%d)", len(list.Items), r.Namespace, redisReplicas)
+	}
+	for _, pvc := range list.Items {
+		volume := pvc.Spec.VolumeName
+		if pvc.Status.Phase != corev1.ClaimBound || !slices.Contains(r.Volumes, volume) {
+			t.Errorf("claim %s is %s on volume %q, want Bound to one of %v", pvc.Name, pvc.Status.Phase, volume, r.Volumes)
+			continue
+		}
+		if class := ptr.Deref(pvc.Spec.StorageClassName, ""); class != kubenode.StorageClass {
+			t.Errorf("claim %s has StorageClass %q, want the default %q", pvc.Name, class, kubenode.StorageClass)
+		}
+		aof := filepath.Join(r.c.node.VolumeDir(volume), "appendonlydir")
+		if entries, err := os.ReadDir(aof); err != nil || len(entries) == 0 {
+			t.Errorf("claim %s: Redis wrote no append-only file on its volume (%s: %d entries, %v)", pvc.Name, aof, len(entries), err)
+		}
+	}
+}
+
 // createTLSSecret stores a serving certificate for the webhook's Service.
 func (r *release) createTLSSecret(t *testing.T) string {
 	t.Helper()
@@ -103,24 +169,31 @@ func (r *release) createTLSSecret(t *testing.T) string {
 // outside the chart, its StatefulSet have every replica Ready.
 func (r *release) waitReady(t *testing.T, withRedis bool) {
 	t.Helper()
-	waits := []struct{ kind, name string }{{"deployment", r.Fullname}}
+	r.c.waitReplicasReady(t, r.Namespace, "deployment", r.Fullname)
 	if withRedis {
-		waits = append(waits, struct{ kind, name string }{"statefulset", r.Fullname + "-redis"})
+		r.c.waitReplicasReady(t, r.Namespace, "statefulset", r.Fullname+"-redis")
 	}
-	for _, w := range waits {
-		r.c.timed(t, w.kind+" Ready", func(ctx context.Context) error {
-			return r.c.poll(ctx, func() (bool, string, error) {
-				out, err := r.c.node.Kubectl(ctx, "-n", r.Namespace, "get", w.kind, w.name, "-o",
-					"jsonpath={.status.readyReplicas}/{.spec.replicas}")
-				got := strings.TrimSpace(string(out))
-				ready, desired, _ := strings.Cut(got, "/")
-				return err == nil && ready != "" && ready == desired, fmt.Sprintf("%s %s ready/desired %q", w.kind, w.name, got), nil
-			})
-		})
-	}
-	if t.Failed() {
-		t.FailNow()
-	}
+}
+
+// helmTest runs every test of the chart (helm test) and fails t with the
+// test pods' logs when one fails (a test pod is deleted once it passed, so
+// helm test --logs cannot fetch them).
+func (r *release) helmTest(t *testing.T) {
+	t.Helper()
+	r.c.timed(t, "helm test "+r.Name, func(ctx context.Context) error {
+		out, err := r.c.helm.Run(ctx, "test", r.Name, "--namespace", r.Namespace, "--kubeconfig", r.c.node.KubeconfigPath,
+			"--timeout", "5m")
+		if err != nil {
+			logs, lerr := r.c.node.Kubectl(ctx, "-n", r.Namespace, "logs", "-l", "app.kubernetes.io/component=test", "--prefix", "--tail=20")
+			return fmt.Errorf("%w\nthe test pods' logs (%v):\n%s", err, lerr, logs)
+		}
+		for _, test := range []string{"-test-image", "-test-quorum"} {
+			if !strings.Contains(out, r.Fullname+test) {
+				return fmt.Errorf("helm test ran no %s:\n%s", r.Fullname+test, out)
+			}
+		}
+		return nil
+	})
 }
 
 // uninstall removes the release and its namespace, so that the next test

@@ -66,6 +66,24 @@ func (c *cluster) kubectl(t *testing.T, args ...string) string {
 	return string(out)
 }
 
+// waitReplicasReady waits until a Deployment or StatefulSet has every
+// replica Ready, and stops t when it does not.
+func (c *cluster) waitReplicasReady(t *testing.T, namespace, kind, name string) {
+	t.Helper()
+	c.timed(t, kind+" "+name+" Ready", func(ctx context.Context) error {
+		return c.poll(ctx, func() (bool, string, error) {
+			out, err := c.node.Kubectl(ctx, "-n", namespace, "get", kind, name, "-o",
+				"jsonpath={.status.readyReplicas}/{.spec.replicas}")
+			got := strings.TrimSpace(string(out))
+			ready, desired, _ := strings.Cut(got, "/")
+			return err == nil && ready != "" && ready == desired, fmt.Sprintf("%s %s ready/desired %q", kind, name, got), nil
+		})
+	})
+	if t.Failed() {
+		t.FailNow()
+	}
+}
+
 // appNamespace creates a namespace for a test's pods, enforcing the
 // restricted Pod Security Standard as the chart's users run it, and deletes
 // it when t ends.

@@ -12,6 +12,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/admission"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/images"
 )
 
@@ -122,4 +123,43 @@ spec:
           readOnlyRootFilesystem: true
           capabilities: {drop: [ALL]}
 `, w.Name, w.Replicas, prefix, w.Key, w.Size, interval, images.MetricsAppRef)
+}
+
+// waitGateOpen waits until Size pods run their app container behind a
+// started native sidecar: the kubelet starts the app only once the
+// sidecar's startup probe passed, which the lease API's confirmation of the
+// pod's slot opens.
+func (w workload) waitGateOpen(t *testing.T, c *cluster) {
+	t.Helper()
+	c.timed(t, fmt.Sprintf("%d app containers running behind their sidecar", w.Size), func(ctx context.Context) error {
+		return c.poll(ctx, func() (bool, string, error) {
+			out, err := c.node.Kubectl(ctx, "-n", w.Namespace, "get", "pods", "-l", "app="+w.Name, "-o", "json")
+			if err != nil {
+				return false, err.Error(), nil
+			}
+			var list corev1.PodList
+			if err := json.Unmarshal(out, &list); err != nil {
+				return false, "", fmt.Errorf("decoding the pod list: %w", err)
+			}
+			var gated []string
+			for _, p := range list.Items {
+				if p.DeletionTimestamp == nil && started(p.Status.InitContainerStatuses, admission.ContainerName) && started(p.Status.ContainerStatuses, "app") {
+					gated = append(gated, p.Name)
+				}
+			}
+			if len(gated) > w.Size {
+				return false, "", fmt.Errorf("%d app containers run on a semaphore of size %d: %v", len(gated), w.Size, gated)
+			}
+			return len(gated) == w.Size, fmt.Sprintf("pods with a started sidecar and a running app: %v", gated), nil
+		})
+	})
+}
+
+func started(statuses []corev1.ContainerStatus, name string) bool {
+	for _, s := range statuses {
+		if s.Name == name {
+			return s.State.Running != nil && s.Started != nil && *s.Started
+		}
+	}
+	return false
 }

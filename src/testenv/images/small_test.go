@@ -182,7 +182,7 @@ func TestBusyboxImageHasTheAppletsTestsUse(t *testing.T) {
 	for _, name := range []string{images.NameBusybox, images.NameRedis} {
 		t.Run(name, func(t *testing.T) {
 			dir := extract(t, sharedBuild(t, name).Image)
-			for _, applet := range []string{"bin/sh", "bin/cat", "bin/sed", "bin/grep", "bin/sleep", "bin/date", "usr/bin/printf", "usr/bin/wget", "usr/bin/nc", "usr/bin/nslookup"} {
+			for _, applet := range []string{"bin/sh", "bin/cat", "bin/sed", "bin/grep", "bin/sleep", "bin/date", "usr/bin/printf", "usr/bin/timeout", "usr/bin/wget", "usr/bin/nc", "usr/bin/nslookup"} {
 				target, err := os.Readlink(filepath.Join(dir, applet))
 				if err != nil || target != "/bin/busybox" {
 					t.Errorf("/%s: %q, %v; want a link to /bin/busybox", applet, target, err)

@@ -1,8 +1,9 @@
 // Package kubenode runs a real Kubernetes node on this machine for tests and
 // the demo: kubetest's control plane plus kube-scheduler, a kubelet on
 // Debian's containerd and runc, a CNI bridge network, kube-proxy (iptables),
-// CoreDNS as a Deployment in kube-system, and kube-network-policies enforcing
-// NetworkPolicies. Pods run for real.
+// CoreDNS as a Deployment in kube-system, kube-network-policies enforcing
+// NetworkPolicies, and a default StorageClass whose claims bind to local
+// PersistentVolumes made beforehand (CreateLocalVolumes). Pods run for real.
 //
 // The node takes the whole machine: iptables, the kubelet's cgroups and the
 // CNI state are shared by the host. Start takes a machine-wide lock, sweeps
@@ -318,7 +319,8 @@ func findBinaries() (binaries, error) {
 }
 
 // startNode starts, in order, containerd (and imports the images), the
-// kubelet, kube-scheduler, kube-proxy, CoreDNS and kube-network-policies.
+// kubelet, kube-scheduler, kube-proxy, CoreDNS, the default StorageClass and
+// kube-network-policies.
 func (n *Node) startNode(ctx context.Context, b binaries) error {
 	ports, err := localproc.FreePorts(6)
 	if err != nil {
@@ -383,6 +385,9 @@ func (n *Node) startNode(ctx context.Context, b binaries) error {
 		return err
 	}
 	if err := n.startCoreDNS(ctx); err != nil {
+		return err
+	}
+	if err := n.createStorageClass(ctx); err != nil {
 		return err
 	}
 	return n.startNetworkPolicies(ctx, b.netpol, netpolMetrics)

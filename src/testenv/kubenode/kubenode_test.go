@@ -2,6 +2,9 @@ package kubenode
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -135,7 +138,90 @@ func checkWorkloads(t *testing.T, n *Node) {
 			t.Errorf("GET http://web/ (the Service by its short name) = %q, want the server's page", out)
 		}
 	})
+	t.Run("kubectl port-forward", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+		defer cancel()
+		addr, stop, err := n.PortForward(ctx, ns, "pod/web", 8080)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer stop()
+		if out, err := httpGet(ctx, "http://"+addr+"/"); err != nil || strings.TrimSpace(out) != "hello from web" {
+			t.Errorf("GET through kubectl port-forward at %s = %q, %v; want the server's page", addr, out, err)
+		}
+	})
+	t.Run("local volume of the default StorageClass", func(t *testing.T) { checkLocalVolume(t, n, ns) })
 	t.Run("NetworkPolicy enforced", func(t *testing.T) { checkNetworkPolicy(t, n, ns, clusterIP) })
+}
+
+// checkLocalVolume binds a claim of the default StorageClass to a local
+// volume, has a pod write to it, and deletes both again.
+func checkLocalVolume(t *testing.T, n *Node, ns string) {
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	names, err := n.CreateLocalVolumes(ctx, "check", 1, "10Mi")
+	if err != nil {
+		t.Fatal(err)
+	}
+	manifest := filepath.Join(n.Dir, "claim.yaml")
+	if err := os.WriteFile(manifest, []byte(`apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 10Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: writer}
+spec:
+  restartPolicy: Never
+  securityContext: {runAsUser: 1000, runAsGroup: 1000, fsGroup: 1000}
+  containers:
+  - name: writer
+    image: `+busyboxRef+`
+    command: [sh, -c, "echo written > /data/file"]
+    volumeMounts: [{name: data, mountPath: /data}]
+  volumes:
+  - name: data
+    persistentVolumeClaim: {claimName: data}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustKubectl(t, n, "-n", ns, "apply", "-f", manifest)
+	mustKubectl(t, n, "-n", ns, "wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/writer", "--timeout=120s")
+	if got := strings.TrimSpace(mustKubectl(t, n, "-n", ns, "get", "pvc", "data", "-o", "jsonpath={.spec.storageClassName} {.spec.volumeName}")); got != StorageClass+" "+names[0] {
+		t.Errorf("the claim's StorageClass and volume = %q, want %q", got, StorageClass+" "+names[0])
+	}
+	file := filepath.Join(n.VolumeDir(names[0]), "file")
+	if data, err := os.ReadFile(file); err != nil || strings.TrimSpace(string(data)) != "written" {
+		t.Errorf("%s on the node = %q, %v; want what the pod (uid 1000, fsGroup 1000) wrote", file, data, err)
+	}
+	mustKubectl(t, n, "-n", ns, "delete", "pod", "writer")
+	mustKubectl(t, n, "-n", ns, "delete", "pvc", "data")
+	if err := n.DeleteLocalVolumes(ctx, names); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(n.VolumeDir(names[0])); !os.IsNotExist(err) {
+		t.Errorf("the volume's directory is left after DeleteLocalVolumes: %v", err)
+	}
+}
+
+func httpGet(ctx context.Context, url string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return string(body), fmt.Errorf("GET %s answered %s", url, resp.Status)
+	}
+	return string(body), err
 }
 
 // checkNetworkPolicy lets only pods labelled access=allowed reach the web
