@@ -22,10 +22,9 @@ const chartLeaseTTL = 30 * time.Second
 
 // The webhook's metrics the upgrade test reads.
 const (
-	metricLegacy     = "prometheus_metrics_proxy_hook_lease_api_legacy_requests_total"
-	metricRejections = "prometheus_metrics_proxy_hook_lease_api_rejections_total"
-	metricReleases   = "prometheus_metrics_proxy_hook_reconciler_releases_total"
-	metricSweeps     = "prometheus_metrics_proxy_hook_reconciler_sweeps_total"
+	metricLegacy   = "prometheus_metrics_proxy_hook_lease_api_legacy_requests_total"
+	metricReleases = "prometheus_metrics_proxy_hook_reconciler_releases_total"
+	metricSweeps   = "prometheus_metrics_proxy_hook_reconciler_sweeps_total"
 )
 
 // TestUpgradeFromPreviousRelease installs the previous release's chart
