@@ -692,18 +692,25 @@ func TestRedisStatefulSet(t *testing.T) {
 		opts       renderOpts
 		persistent bool
 		delay      int // seconds; -1 for no start-delay container
+		minReady   int32
 	}{
-		{"defaults", renderOpts{values: "redis: {persistence: {size: 5Gi, storageClass: fast}}"}, true, -1},
-		{"persistence off, default delay", renderOpts{values: "redis: {persistence: {enabled: false}}"}, false, 3660},
-		{"persistence off ci", renderOpts{valuesFile: "no-persistence-values.yaml"}, false, 5},
-		{"persistence off, 2h3m4s", renderOpts{values: "redis: {persistence: {enabled: false, startDelay: 2h3m4s}}"}, false, 7384},
-		{"persistence off, 90s", renderOpts{values: "redis: {persistence: {enabled: false, startDelay: 90s}}"}, false, 90},
+		{"defaults", renderOpts{values: "redis: {persistence: {size: 5Gi, storageClass: fast}}"}, true, -1, 30},
+		{"persistence off, default delay", renderOpts{values: "redis: {persistence: {enabled: false}}"}, false, 3660, 30},
+		{"persistence off ci", renderOpts{valuesFile: "no-persistence-values.yaml"}, false, 5, 30},
+		{"persistence off, 2h3m4s", renderOpts{values: "redis: {persistence: {enabled: false, startDelay: 2h3m4s}}"}, false, 7384, 30},
+		{"persistence off, 90s", renderOpts{values: "redis: {persistence: {enabled: false, startDelay: 90s}}"}, false, 90, 30},
+		{"lease TTL 1m30s", renderOpts{values: "webhook: {leaseTTL: 1m30s}\nredis: {persistence: {size: 5Gi, storageClass: fast}}"}, true, -1, 90},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			r := mustRender(t, tc.opts)
 			sts := r.statefulSet(t)
 			spec := sts.Spec.Template.Spec
+			// One lease TTL between two nodes of a rolling update: every
+			// sidecar renews within it and so repairs the replaced node.
+			if sts.Spec.MinReadySeconds != tc.minReady {
+				t.Errorf("minReadySeconds %d, want the lease TTL %d s", sts.Spec.MinReadySeconds, tc.minReady)
+			}
 			if tc.persistent {
 				if len(sts.Spec.VolumeClaimTemplates) != 1 {
 					t.Fatalf("volumeClaimTemplates %+v", sts.Spec.VolumeClaimTemplates)

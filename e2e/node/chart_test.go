@@ -35,44 +35,8 @@ func TestChartOnTheNode(t *testing.T) {
 func checkSemaphore(t *testing.T, c *cluster, w workload) {
 	c.appNamespace(t, w.Namespace)
 	w.apply(t, c)
-
-	var first []string
-	c.timed(t, fmt.Sprintf("%d pods Running", w.Size), func(ctx context.Context) error {
-		return c.poll(ctx, func() (bool, string, error) {
-			running, all, err := w.pods(ctx, c)
-			if err != nil {
-				return false, err.Error(), nil
-			}
-			if len(running) > w.Size {
-				return false, "", fmt.Errorf("%d pods run on a semaphore of size %d: %v", len(running), w.Size, running)
-			}
-			first = running
-			return len(running) == w.Size, fmt.Sprintf("running %v of pods %v", running, all), nil
-		})
-	})
-	if t.Failed() {
-		return
-	}
-	base, err := w.fullDenials(t.Context(), c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.timed(t, "2 more full denials while the semaphore is full", func(ctx context.Context) error {
-		return c.poll(ctx, func() (bool, string, error) {
-			running, all, err := w.pods(ctx, c)
-			if err != nil {
-				return false, err.Error(), nil
-			}
-			if !slices.Equal(running, first) || len(all) != w.Size {
-				return false, "", fmt.Errorf("while the semaphore is full the pods changed: running %v of pods %v, want exactly %v", running, all, first)
-			}
-			n, err := w.fullDenials(ctx, c)
-			if err != nil {
-				return false, err.Error(), nil
-			}
-			return n >= base+2, fmt.Sprintf("%d FailedCreate events of the ReplicaSet with the full denial, want at least %d", n, base+2), nil
-		})
-	})
+	first := w.waitRunning(t, c)
+	w.waitDenials(t, c, first, w.fullDenial(), 2)
 	if t.Failed() {
 		return
 	}

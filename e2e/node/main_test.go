@@ -73,6 +73,9 @@ type cluster struct {
 	chart registry.Chart
 	ca    *testpki.CA
 	dir   string
+	// previous is the release the upgrade test starts from, built on
+	// first use.
+	previous previousRelease
 }
 
 // startCluster builds and pushes the images and the chart, and starts the

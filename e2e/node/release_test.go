@@ -18,6 +18,7 @@ import (
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/images"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/kubenode"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/kubetest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/registry"
 )
 
 const (
@@ -35,12 +36,16 @@ type release struct {
 	Fullname string
 	// Volumes are the local PersistentVolumes made for its Redis claims.
 	Volumes []string
+	// tlsSecret holds the webhook's serving certificate.
+	tlsSecret string
 }
 
-// installOptions choose how installChart installs the chart.
+// installOptions choose the chart and values of helm install and upgrade.
 type installOptions struct {
 	// Name is the release's name; its namespace is releaseNamespace(Name).
 	Name string
+	// Chart is the chart in the registry; empty means this checkout's.
+	Chart registry.Chart
 	// CIValues are files of the chart's ci/ directory, applied in order.
 	CIValues []string
 	// Set are --set arguments on top.
@@ -65,32 +70,50 @@ func (c *cluster) installChart(t *testing.T, opts installOptions) *release {
 	}
 	c.kubectl(t, "create", "namespace", r.Namespace)
 	t.Cleanup(func() { r.uninstall(t) })
-	secret := r.createTLSSecret(t)
+	r.tlsSecret = r.createTLSSecret(t)
+	r.helmApply(t, "install", opts)
+	return r
+}
+
+// upgrade runs helm upgrade to opts' chart with opts' values (helm takes
+// the new chart's defaults, not the installed release's values).
+func (r *release) upgrade(t *testing.T, opts installOptions) {
+	t.Helper()
+	r.helmApply(t, "upgrade", opts)
+}
+
+// helmApply runs helm install or upgrade of the release and fails t unless
+// the release is deployed.
+func (r *release) helmApply(t *testing.T, verb string, opts installOptions) {
+	t.Helper()
+	chart := opts.Chart
+	if chart.URL == "" {
+		chart = r.c.chart
+	}
 	root, err := kubetest.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	args := []string{"install", r.Name, c.chart.URL, "--version", c.chart.Version, "--plain-http",
-		"--namespace", r.Namespace, "--kubeconfig", c.node.KubeconfigPath}
+	args := []string{verb, r.Name, chart.URL, "--version", chart.Version, "--plain-http",
+		"--namespace", r.Namespace, "--kubeconfig", r.c.node.KubeconfigPath}
 	for _, f := range opts.CIValues {
 		args = append(args, "-f", filepath.Join(root, images.ChartDir, "ci", f))
 	}
-	args = append(args, "--set", "certManager.enabled=false", "--set", "tls.existingSecret="+secret,
-		"--set", "tls.caBundle="+base64.StdEncoding.EncodeToString(c.ca.PEM))
+	args = append(args, "--set", "certManager.enabled=false", "--set", "tls.existingSecret="+r.tlsSecret,
+		"--set", "tls.caBundle="+base64.StdEncoding.EncodeToString(r.c.ca.PEM))
 	for _, s := range opts.Set {
 		args = append(args, "--set", s)
 	}
-	c.timed(t, "helm install "+r.Name, func(ctx context.Context) error {
-		out, err := c.helm.Run(ctx, args...)
+	r.c.timed(t, fmt.Sprintf("helm %s %s %s", verb, r.Name, chart.Version), func(ctx context.Context) error {
+		out, err := r.c.helm.Run(ctx, args...)
 		if err == nil && !strings.Contains(out, "STATUS: deployed") {
-			err = fmt.Errorf("helm install printed no STATUS: deployed:\n%s", out)
+			err = fmt.Errorf("helm %s printed no STATUS: deployed:\n%s", verb, out)
 		}
 		return err
 	})
 	if t.Failed() {
 		t.FailNow()
 	}
-	return r
 }
 
 // releaseNamespace is the namespace installChart installs release name in.

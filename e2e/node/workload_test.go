@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -65,9 +66,15 @@ func anyRunning(s corev1.PodStatus) bool {
 	return false
 }
 
-// fullDenials counts the FailedCreate events of the namespace's ReplicaSets
-// that carry the webhook's denial of the workload's full semaphore.
-func (w workload) fullDenials(ctx context.Context, c *cluster) (int, error) {
+// fullDenial is the start of the webhook's denial of the workload's full
+// semaphore.
+func (w workload) fullDenial() string {
+	return fmt.Sprintf("semaphore %q is full (%d/%d slots held)", w.Namespace+"/"+w.Key, w.Size, w.Size)
+}
+
+// denials counts the FailedCreate events of the namespace's ReplicaSets
+// whose message contains want.
+func (w workload) denials(ctx context.Context, c *cluster, want string) (int, error) {
 	out, err := c.node.Kubectl(ctx, "-n", w.Namespace, "get", "events", "--field-selector", "reason=FailedCreate,involvedObject.kind=ReplicaSet", "-o", "json")
 	if err != nil {
 		return 0, err
@@ -76,7 +83,6 @@ func (w workload) fullDenials(ctx context.Context, c *cluster) (int, error) {
 	if err := json.Unmarshal(out, &list); err != nil {
 		return 0, fmt.Errorf("decoding the event list: %w", err)
 	}
-	want := fmt.Sprintf("semaphore %q is full (%d/%d slots held)", w.Namespace+"/"+w.Key, w.Size, w.Size)
 	n := 0
 	for _, ev := range list.Items {
 		if strings.Contains(ev.Message, want) {
@@ -84,6 +90,67 @@ func (w workload) fullDenials(ctx context.Context, c *cluster) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// waitRunning waits until exactly Size pods run, failing if more ever do,
+// and returns them.
+func (w workload) waitRunning(t *testing.T, c *cluster) []string {
+	t.Helper()
+	var first []string
+	c.timed(t, fmt.Sprintf("%d pods Running", w.Size), func(ctx context.Context) error {
+		return c.poll(ctx, func() (bool, string, error) {
+			running, all, err := w.pods(ctx, c)
+			if err != nil {
+				return false, err.Error(), nil
+			}
+			if len(running) > w.Size {
+				return false, "", fmt.Errorf("%d pods run on a semaphore of size %d: %v", len(running), w.Size, running)
+			}
+			first = running
+			return len(running) == w.Size, fmt.Sprintf("running %v of pods %v", running, all), nil
+		})
+	})
+	if t.Failed() {
+		t.FailNow()
+	}
+	return first
+}
+
+// waitDenials waits for n more FailedCreate events carrying want while
+// exactly the pods running stay, and no other pod exists. It touches the
+// ReplicaSets every 10 s: each touch makes the controller try to create the
+// missing pod at once, instead of after its back-off, which doubles with
+// every denial up to minutes.
+func (w workload) waitDenials(t *testing.T, c *cluster, running []string, want string, n int) {
+	t.Helper()
+	base, err := w.denials(t.Context(), c, want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var touched time.Time
+	c.timed(t, fmt.Sprintf("%d more denials %q while the semaphore is full", n, want), func(ctx context.Context) error {
+		return c.poll(ctx, func() (bool, string, error) {
+			now, all, err := w.pods(ctx, c)
+			if err != nil {
+				return false, err.Error(), nil
+			}
+			if !slices.Equal(now, running) || len(all) != len(running) {
+				return false, "", fmt.Errorf("while the semaphore is full the pods changed: running %v of pods %v, want exactly %v", now, all, running)
+			}
+			got, err := w.denials(ctx, c, want)
+			if err != nil {
+				return false, err.Error(), nil
+			}
+			if time.Since(touched) >= 10*time.Second {
+				touched = time.Now()
+				if out, err := c.node.Kubectl(ctx, "-n", w.Namespace, "annotate", "replicasets", "-l", "app="+w.Name, "--overwrite",
+					fmt.Sprintf("pmph.invalid/touched=%d", touched.UnixNano())); err != nil {
+					return false, fmt.Sprintf("touching the ReplicaSets: %v: %s", err, out), nil
+				}
+			}
+			return got >= base+n, fmt.Sprintf("%d FailedCreate events of the ReplicaSet with the denial, want at least %d", got, base+n), nil
+		})
+	})
 }
 
 // manifest is the Deployment, restricted-PSS compliant as users write it.

@@ -73,6 +73,11 @@ type Options struct {
 	Binaries []Binary
 	// Entrypoint of the project image; empty means the first binary alone.
 	Entrypoint []string
+	// Tags name the project image under the chart's image repository; empty
+	// means the chart's appVersion, and Version too when it is another tag.
+	// A build of an earlier commit whose chart has the same appVersion needs
+	// a tag of its own, or it would replace the current image.
+	Tags []string
 	// Arch is the project image's GOARCH; empty means this machine's. The
 	// other images hold this machine's binaries and are always its arch.
 	Arch string

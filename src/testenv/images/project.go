@@ -88,11 +88,29 @@ func Project(ctx context.Context, opts Options) (Built, error) {
 	if err != nil {
 		return Built{}, err
 	}
-	refs := []string{chart.ImageRepository + ":" + chart.AppVersion}
-	if opts.Version != chart.AppVersion && validTag(opts.Version) {
-		refs = append(refs, chart.ImageRepository+":"+opts.Version)
+	refs, err := projectRefs(chart, opts)
+	if err != nil {
+		return Built{}, err
 	}
 	return Built{Name: NameProject, Refs: refs, Image: img}, nil
+}
+
+func projectRefs(chart Chart, opts Options) ([]string, error) {
+	tags := opts.Tags
+	if len(tags) == 0 {
+		tags = []string{chart.AppVersion}
+		if opts.Version != chart.AppVersion && validTag(opts.Version) {
+			tags = append(tags, opts.Version)
+		}
+	}
+	refs := make([]string, len(tags))
+	for i, tag := range tags {
+		if !validTag(tag) {
+			return nil, fmt.Errorf("the project image's tag %q is not a valid tag ([A-Za-z0-9_][A-Za-z0-9_.-]{0,127})", tag)
+		}
+		refs[i] = chart.ImageRepository + ":" + tag
+	}
+	return refs, nil
 }
 
 func projectRootFS(ctx context.Context, opts Options, binaries []Binary, dir string) (*RootFS, error) {

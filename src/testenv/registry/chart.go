@@ -44,14 +44,16 @@ func (h Helm) Run(ctx context.Context, args ...string) (string, error) {
 }
 
 // PushChart packages the chart directory with `helm package` and pushes it
-// with `helm push --plain-http` to oci://HOST/kaidotio/charts.
-func (r *Registry) PushChart(ctx context.Context, helm Helm, chartDir string) (Chart, error) {
+// with `helm push --plain-http` to oci://HOST/kaidotio/charts. packageArgs
+// go to helm package: "--version", "0.0.1-previous" gives an earlier
+// commit's chart a version of its own.
+func (r *Registry) PushChart(ctx context.Context, helm Helm, chartDir string, packageArgs ...string) (Chart, error) {
 	pkgDir, err := os.MkdirTemp(helm.Dir, "package-")
 	if err != nil {
 		return Chart{}, fmt.Errorf("creating the package directory: %w", err)
 	}
 	defer os.RemoveAll(pkgDir)
-	if _, err := helm.Run(ctx, "package", chartDir, "--destination", pkgDir); err != nil {
+	if _, err := helm.Run(ctx, append([]string{"package", chartDir, "--destination", pkgDir}, packageArgs...)...); err != nil {
 		return Chart{}, err
 	}
 	tgzs, err := filepath.Glob(filepath.Join(pkgDir, "*.tgz"))
