@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -36,7 +37,10 @@ func TestAppConcurrencyNative(t *testing.T) {
 }
 
 // TestAppConcurrencyRegular measures the same with the sidecar as a regular
-// container, where the docs promise less (docs/sidecar.md, injection modes).
+// container, where the docs promise less (docs/sidecar.md, injection modes):
+// the app is not held back at start, and the slot is kept until the app
+// stops answering its metrics endpoint. The second promise does not hold on
+// the node yet (docs/reliability.md): its check is a known bug.
 func TestAppConcurrencyRegular(t *testing.T) {
 	checkAppConcurrency(t, false)
 }
@@ -97,7 +101,19 @@ func checkHandovers(t *testing.T, c *cluster, ns string, native bool) {
 		allExited := !slices.ContainsFunc(rolls, func(ct cri.Container) bool { return !ct.Exited() })
 		return len(started(cs, "standby-")) == 1 && allExited, describe(cs)
 	})
-	reportConcurrency(t, rec, 1, native, fmt.Sprintf("apps draining %s, a rollout restart and a scale-down", drain))
+	conc := reportConcurrency(t, rec, 1, native, fmt.Sprintf("apps draining %s, a rollout restart and a scale-down", drain))
+	if conc.Max <= 1 {
+		return
+	}
+	if !native {
+		// docs/sidecar.md promises for regular mode that the slot is kept
+		// until the app stops answering its metrics endpoint, which this
+		// app does only as it exits; on the node the sidecar takes its
+		// first fetch after SIGTERM, refused, as the app's exit and gives
+		// the slot back at once.
+		knownBug(t, "a regular-container sidecar gives the slot back at its SIGTERM on the node, while the app still drains")
+	}
+	t.Errorf("%d app containers ran at once on a semaphore of size 1 (%v), for %s in total", conc.Max, conc.AtMax, conc.Over)
 }
 
 // checkLateStart keeps a pod Pending (a scheduling gate) past its startup
@@ -159,14 +175,17 @@ func checkLateStart(t *testing.T, c *cluster, ns string, native bool) {
 		t.Errorf("the late pod's app started at %s, before the holder's app finished at %s: both ran on a semaphore of size 1",
 			lateApp.StartedAt.Format(time.RFC3339Nano), holderApp.FinishedAt.Format(time.RFC3339Nano))
 	}
-	reportConcurrency(t, rec, 1, native, "a pod Pending past its startup timeout")
+	// Regular mode does not hold an app back (docs/sidecar.md): only
+	// measured there.
+	if conc := reportConcurrency(t, rec, 1, native, "a pod Pending past its startup timeout"); native && conc.Max > 1 {
+		t.Errorf("%d app containers ran at once on a semaphore of size 1 (%v), for %s in total", conc.Max, conc.AtMax, conc.Over)
+	}
 }
 
-// reportConcurrency computes the most app containers that ran at once from
+// reportConcurrency logs the most app containers that ran at once, from
 // the recorded [StartedAt, FinishedAt) intervals, and each handover: how
-// long after the previous app finished the next one started. A native
-// sidecar must keep it within the size.
-func reportConcurrency(t *testing.T, rec *cri.Recorder, size int, native bool, what string) {
+// long after the previous app finished the next one started.
+func reportConcurrency(t *testing.T, rec *cri.Recorder, size int, native bool, what string) cri.Concurrency {
 	t.Helper()
 	cs, err := rec.Containers()
 	if err != nil {
@@ -185,8 +204,15 @@ func reportConcurrency(t *testing.T, rec *cri.Recorder, size int, native bool, w
 	}
 	t.Logf("%s mode, %s, semaphore of size %d: at most %d app containers ran at once (first at %s: %v), more than %d for %s in total; handovers (next StartedAt - previous FinishedAt): %s",
 		modeName(native), what, size, conc.Max, conc.MaxAt.Format(time.RFC3339Nano), conc.AtMax, size, conc.Over, strings.Join(handovers, "; "))
-	if native && conc.Max > size {
-		t.Errorf("%d app containers ran at once on a semaphore of size %d (%v), for %s in total", conc.Max, size, conc.AtMax, conc.Over)
+	return conc
+}
+
+// knownBug skips the rest of t unless PMPH_RUN_KNOWN_BUGS=1, as e2e/reliability
+// does for reported bugs that are not fixed yet.
+func knownBug(t *testing.T, bug string) {
+	t.Helper()
+	if os.Getenv("PMPH_RUN_KNOWN_BUGS") != "1" {
+		t.Skipf("known bug, reported and not fixed yet: %s (PMPH_RUN_KNOWN_BUGS=1 runs it)", bug)
 	}
 }
 
