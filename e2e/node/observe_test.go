@@ -26,7 +26,6 @@ import (
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/semaphore"
 )
 
-
 // leases lists the semaphore's leases as the release's Redis pods hold
 // them, read from the host at the pods' addresses with the chart's
 // password. A pod without an address counts as a node that does not

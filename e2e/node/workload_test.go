@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/admission"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/countingapp"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/images"
 )
 
@@ -23,6 +24,18 @@ type workload struct {
 	Size, Replicas       int
 	// ScrapeInterval is the pod's scrape-interval annotation; empty means 5s.
 	ScrapeInterval string
+	// Drain is how long the app keeps running after SIGTERM (a Go
+	// duration); empty leaves the image's default.
+	Drain string
+	// StartupTimeout is the pod's semaphore-startup-timeout annotation;
+	// empty leaves the webhook's default.
+	StartupTimeout string
+	// Strategy is the Deployment's spec.strategy as YAML flow; empty leaves
+	// Kubernetes' default rolling update.
+	Strategy string
+	// SchedulingGate, when set, keeps every pod Pending until the gate is
+	// removed from it.
+	SchedulingGate string
 }
 
 // apply creates or updates the workload's Deployment.
@@ -159,13 +172,26 @@ func (w workload) manifest() string {
 	if interval == "" {
 		interval = "5s"
 	}
+	var spec, annotations, podSpec, env strings.Builder
+	if w.Strategy != "" {
+		fmt.Fprintf(&spec, "  strategy: %s\n", w.Strategy)
+	}
+	if w.StartupTimeout != "" {
+		fmt.Fprintf(&annotations, "        %ssemaphore-startup-timeout: %s\n", prefix, w.StartupTimeout)
+	}
+	if w.SchedulingGate != "" {
+		fmt.Fprintf(&podSpec, "      schedulingGates: [{name: %s}]\n", w.SchedulingGate)
+	}
+	if w.Drain != "" {
+		fmt.Fprintf(&env, "        env: [{name: %s, value: %q}]\n", countingapp.EnvDrain, w.Drain)
+	}
 	return fmt.Sprintf(`apiVersion: apps/v1
 kind: Deployment
 metadata:
   name: %[1]s
 spec:
   replicas: %[2]d
-  selector:
+%[8]s  selector:
     matchLabels: {app: %[1]s}
   template:
     metadata:
@@ -176,20 +202,21 @@ spec:
         %[3]ssemaphore-size: "%[5]d"
         %[3]sscrape-interval: %[6]s
         prometheus.io/port: "8080"
-    spec:
-      securityContext:
+%[9]s    spec:
+%[10]s      securityContext:
         runAsNonRoot: true
         seccompProfile: {type: RuntimeDefault}
       containers:
       - name: app
         image: %[7]s
-        ports:
+%[11]s        ports:
         - {name: metrics, containerPort: 8080}
         securityContext:
           allowPrivilegeEscalation: false
           readOnlyRootFilesystem: true
           capabilities: {drop: [ALL]}
-`, w.Name, w.Replicas, prefix, w.Key, w.Size, interval, images.MetricsAppRef)
+`, w.Name, w.Replicas, prefix, w.Key, w.Size, interval, images.MetricsAppRef,
+		spec.String(), annotations.String(), podSpec.String(), env.String())
 }
 
 // waitGateOpen waits until Size pods run their app container behind a
@@ -210,7 +237,7 @@ func (w workload) waitGateOpen(t *testing.T, c *cluster) {
 			}
 			var gated []string
 			for _, p := range list.Items {
-				if p.DeletionTimestamp == nil && started(p.Status.InitContainerStatuses, admission.ContainerName) && started(p.Status.ContainerStatuses, "app") {
+				if p.DeletionTimestamp == nil && containerStarted(p.Status.InitContainerStatuses, admission.ContainerName) && containerStarted(p.Status.ContainerStatuses, "app") {
 					gated = append(gated, p.Name)
 				}
 			}
@@ -222,7 +249,7 @@ func (w workload) waitGateOpen(t *testing.T, c *cluster) {
 	})
 }
 
-func started(statuses []corev1.ContainerStatus, name string) bool {
+func containerStarted(statuses []corev1.ContainerStatus, name string) bool {
 	for _, s := range statuses {
 		if s.Name == name {
 			return s.State.Running != nil && s.Started != nil && *s.Started

@@ -489,6 +489,11 @@ func (n *Node) nodeReady(ctx context.Context) error {
 // Kubeconfig returns the path of a kubeconfig for the admin user.
 func (n *Node) Kubeconfig() string { return n.KubeconfigPath }
 
+// CRISocket is the path of the node's containerd socket, which serves the
+// CRI (the kubelet's runtime endpoint): tests read container statuses from
+// it, with the runtime's own timestamps.
+func (n *Node) CRISocket() string { return newContainerdPaths(n.Dir).socket }
+
 // LogTail returns the last lines of a component's log: "containerd",
 // "kubelet", "kube-scheduler", "kube-proxy", "kube-network-policies", or one
 // of the control plane's.
