@@ -56,7 +56,14 @@ func sharedCluster(t *testing.T) *cluster {
 		t.Skip("kubenode: " + reason)
 	}
 	clusters.once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+		// Other packages' and helpers' nodes may hold the machine for a
+		// while: the wait for them is bounded by go test's -timeout, less
+		// a minute to report; without one, by 15 minutes.
+		deadline := time.Now().Add(15 * time.Minute)
+		if d, ok := t.Deadline(); ok {
+			deadline = d.Add(-time.Minute)
+		}
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
 		defer cancel()
 		clusters.c, clusters.err = startCluster(ctx)
 	})

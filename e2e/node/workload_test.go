@@ -7,11 +7,17 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/countingapp"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/images"
 )
 
@@ -21,16 +27,53 @@ type workload struct {
 	Size, Replicas       int
 	// ScrapeInterval is the pod's scrape-interval annotation; empty means 5s.
 	ScrapeInterval string
+	// Tick and Drain set the app's counting period and its drain after
+	// SIGTERM; zero keeps the image's defaults.
+	Tick, Drain time.Duration
 }
 
 // apply creates or updates the workload's Deployment.
 func (w workload) apply(t *testing.T, c *cluster) {
 	t.Helper()
-	manifest := filepath.Join(t.TempDir(), w.Name+".yaml")
-	if err := os.WriteFile(manifest, []byte(w.manifest()), 0o644); err != nil {
+	c.applyObject(t, w.Namespace, w.manifest())
+}
+
+// applyPods creates the workload as bare pods (podsManifest). Nothing
+// retries a bare pod's denial, so it applies again, as a controller would,
+// until every pod exists: a webhook on a loaded machine may deny one for
+// want of a Redis quorum.
+func (w workload) applyPods(t *testing.T, c *cluster) {
+	t.Helper()
+	manifest := writeManifest(t, w.podsManifest())
+	c.timed(t, fmt.Sprintf("%d pods created", w.Replicas), func(ctx context.Context) error {
+		return c.poll(ctx, func() (bool, string, error) {
+			out, err := c.node.Kubectl(ctx, "-n", w.Namespace, "apply", "-f", manifest)
+			return err == nil, fmt.Sprintf("kubectl apply: %v\n%s", err, out), nil
+		})
+	})
+	if t.Failed() {
+		t.FailNow()
+	}
+}
+
+// applyObject applies obj with kubectl.
+func (c *cluster) applyObject(t *testing.T, namespace string, obj any) {
+	t.Helper()
+	c.kubectl(t, "-n", namespace, "apply", "-f", writeManifest(t, obj))
+}
+
+// writeManifest writes obj as JSON into a file of the test.
+func writeManifest(t *testing.T, obj any) string {
+	t.Helper()
+	data, err := json.Marshal(obj)
+	if err != nil {
 		t.Fatal(err)
 	}
-	c.kubectl(t, "-n", w.Namespace, "apply", "-f", manifest)
+	manifest := filepath.Join(t.TempDir(), "manifest.json")
+	if err := os.WriteFile(manifest, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return manifest
 }
 
 // pods lists the workload's pods (sorted by name) and those of them with a
@@ -86,40 +129,77 @@ func (w workload) fullDenials(ctx context.Context, c *cluster) (int, error) {
 }
 
 // manifest is the Deployment, restricted-PSS compliant as users write it.
-func (w workload) manifest() string {
+func (w workload) manifest() any {
+	replicas := int32(w.Replicas)
+	tmpl := w.podTemplate()
+	return appsv1.Deployment{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "apps/v1", Kind: "Deployment"},
+		ObjectMeta: metav1.ObjectMeta{Name: w.Name},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: &replicas,
+			Selector: &metav1.LabelSelector{MatchLabels: tmpl.Labels},
+			Template: tmpl,
+		},
+	}
+}
+
+// podsManifest is Replicas bare pods of the same template, NAME-0 to
+// NAME-(Replicas-1): nothing recreates them once they are deleted.
+func (w workload) podsManifest() any {
+	list := corev1.List{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "List"}}
+	tmpl := w.podTemplate()
+	for i := range w.Replicas {
+		pod := corev1.Pod{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"}, ObjectMeta: *tmpl.ObjectMeta.DeepCopy(), Spec: *tmpl.Spec.DeepCopy()}
+		pod.Name = fmt.Sprintf("%s-%d", w.Name, i)
+		list.Items = append(list.Items, runtime.RawExtension{Object: &pod})
+	}
+	return list
+}
+
+// podTemplate is the metrics app, opted in on the workload's semaphore and
+// annotated for the conventional prometheus.io/* scrape configuration.
+func (w workload) podTemplate() corev1.PodTemplateSpec {
 	interval := w.ScrapeInterval
 	if interval == "" {
 		interval = "5s"
 	}
-	return fmt.Sprintf(`apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: %[1]s
-spec:
-  replicas: %[2]d
-  selector:
-    matchLabels: {app: %[1]s}
-  template:
-    metadata:
-      labels: {app: %[1]s}
-      annotations:
-        %[3]sprometheus-metrics-proxy: "true"
-        %[3]ssemaphore-key: %[4]s
-        %[3]ssemaphore-size: "%[5]d"
-        %[3]sscrape-interval: %[6]s
-        prometheus.io/port: "8080"
-    spec:
-      securityContext:
-        runAsNonRoot: true
-        seccompProfile: {type: RuntimeDefault}
-      containers:
-      - name: app
-        image: %[7]s
-        ports:
-        - {name: metrics, containerPort: 8080}
-        securityContext:
-          allowPrivilegeEscalation: false
-          readOnlyRootFilesystem: true
-          capabilities: {drop: [ALL]}
-`, w.Name, w.Replicas, prefix, w.Key, w.Size, interval, images.MetricsAppRef)
+	var env []corev1.EnvVar
+	if w.Tick > 0 {
+		env = append(env, corev1.EnvVar{Name: countingapp.EnvTick, Value: w.Tick.String()})
+	}
+	if w.Drain > 0 {
+		env = append(env, corev1.EnvVar{Name: countingapp.EnvDrain, Value: w.Drain.String()})
+	}
+	return corev1.PodTemplateSpec{
+		ObjectMeta: metav1.ObjectMeta{
+			Labels: map[string]string{"app": w.Name},
+			Annotations: map[string]string{
+				prefix + "prometheus-metrics-proxy": "true",
+				prefix + "semaphore-key":            w.Key,
+				prefix + "semaphore-size":           strconv.Itoa(w.Size),
+				prefix + "scrape-interval":          interval,
+				"prometheus.io/scrape":              "true",
+				"prometheus.io/port":                strconv.Itoa(images.MetricsAppPort),
+			},
+		},
+		Spec: corev1.PodSpec{
+			SecurityContext: &corev1.PodSecurityContext{
+				RunAsNonRoot:   ptr(true),
+				SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+			},
+			Containers: []corev1.Container{{
+				Name:  "app",
+				Image: images.MetricsAppRef,
+				Env:   env,
+				Ports: []corev1.ContainerPort{{Name: "metrics", ContainerPort: images.MetricsAppPort}},
+				SecurityContext: &corev1.SecurityContext{
+					AllowPrivilegeEscalation: ptr(false),
+					ReadOnlyRootFilesystem:   ptr(true),
+					Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+				},
+			}},
+		},
+	}
 }
+
+func ptr[T any](v T) *T { return &v }
