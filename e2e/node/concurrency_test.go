@@ -10,7 +10,9 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/admission"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/cri"
@@ -64,9 +66,11 @@ func checkAppConcurrency(t *testing.T, native bool) {
 func checkHandovers(t *testing.T, c *cluster, ns string, native bool) {
 	c.appNamespace(t, ns)
 	rec := c.recordContainers(t, ns)
-	drain := handoverDrain.String()
+	drain := handoverDrain
+	noSurge, oneUnavailable := intstr.FromInt32(0), intstr.FromInt32(1)
 	roll := workload{Name: "roll", Namespace: ns, Key: "one", Size: 1, Replicas: 1, Drain: drain,
-		Strategy: "{type: RollingUpdate, rollingUpdate: {maxSurge: 0, maxUnavailable: 1}}"}
+		Strategy: &appsv1.DeploymentStrategy{Type: appsv1.RollingUpdateDeploymentStrategyType,
+			RollingUpdate: &appsv1.RollingUpdateDeployment{MaxSurge: &noSurge, MaxUnavailable: &oneUnavailable}}}
 	roll.apply(t, c)
 	var first cri.Container
 	c.waitContainers(t, rec, "the first app running", func(cs []cri.Container) (bool, string) {
@@ -83,7 +87,7 @@ func checkHandovers(t *testing.T, c *cluster, ns string, native bool) {
 	})
 
 	standby := roll
-	standby.Name, standby.Strategy = "standby", ""
+	standby.Name, standby.Strategy = "standby", nil
 	base, err := roll.denials(t.Context(), c, roll.fullDenial())
 	if err != nil {
 		t.Fatal(err)
@@ -122,7 +126,7 @@ func checkHandovers(t *testing.T, c *cluster, ns string, native bool) {
 func checkLateStart(t *testing.T, c *cluster, ns string, native bool) {
 	c.appNamespace(t, ns)
 	rec := c.recordContainers(t, ns)
-	late := workload{Name: "late", Namespace: ns, Key: "gate", Size: 1, Replicas: 1, Drain: "5s",
+	late := workload{Name: "late", Namespace: ns, Key: "gate", Size: 1, Replicas: 1, Drain: 5 * time.Second,
 		StartupTimeout: "3s", SchedulingGate: "example.com/hold"}
 	late.apply(t, c)
 	lateName := c.waitPod(t, ns, "late")

@@ -56,7 +56,16 @@ func sharedCluster(t *testing.T) *cluster {
 		t.Skip("kubenode: " + reason)
 	}
 	clusters.once.Do(func() {
-		clusters.c, clusters.err = startCluster(context.Background())
+		// Other packages' and helpers' nodes may hold the machine for a
+		// while: the wait for them is bounded by go test's -timeout, less
+		// a minute to report; without one, by 15 minutes.
+		deadline := time.Now().Add(15 * time.Minute)
+		if d, ok := t.Deadline(); ok {
+			deadline = d.Add(-time.Minute)
+		}
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		defer cancel()
+		clusters.c, clusters.err = startCluster(ctx)
 	})
 	if clusters.err != nil {
 		t.Fatalf("the shared node: %v", clusters.err)

@@ -75,7 +75,8 @@ func (r *release) pods(ctx context.Context, component string) ([]corev1.Pod, err
 }
 
 // webhookMetrics reads /metrics of every running webhook pod whose image
-// has the tag, at the pod's address (the node is this machine).
+// has the tag ("" for any), at the pod's address (the node is this
+// machine).
 func (r *release) webhookMetrics(ctx context.Context, tag string) ([]map[string]*dto.MetricFamily, error) {
 	pods, err := r.pods(ctx, "webhook")
 	if err != nil {
@@ -84,7 +85,7 @@ func (r *release) webhookMetrics(ctx context.Context, tag string) ([]map[string]
 	var all []map[string]*dto.MetricFamily
 	for _, p := range pods {
 		if p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning || p.Status.PodIP == "" ||
-			!strings.HasSuffix(p.Spec.Containers[0].Image, ":"+tag) {
+			(tag != "" && !strings.HasSuffix(p.Spec.Containers[0].Image, ":"+tag)) {
 			continue
 		}
 		families, err := scrapeMetrics(ctx, "http://"+net.JoinHostPort(p.Status.PodIP, "8080")+"/metrics")
@@ -94,7 +95,7 @@ func (r *release) webhookMetrics(ctx context.Context, tag string) ([]map[string]
 		all = append(all, families)
 	}
 	if len(all) == 0 {
-		return nil, fmt.Errorf("no running webhook pod has the image tag %s", tag)
+		return nil, fmt.Errorf("no running webhook pod (image tag %q) in %s", tag, r.Namespace)
 	}
 	return all, nil
 }

@@ -7,11 +7,16 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/utils/ptr"
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/admission"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/countingapp"
@@ -24,15 +29,15 @@ type workload struct {
 	Size, Replicas       int
 	// ScrapeInterval is the pod's scrape-interval annotation; empty means 5s.
 	ScrapeInterval string
-	// Drain is how long the app keeps running after SIGTERM (a Go
-	// duration); empty leaves the image's default.
-	Drain string
+	// Tick and Drain set the app's counting period and its drain after
+	// SIGTERM; zero keeps the image's defaults.
+	Tick, Drain time.Duration
 	// StartupTimeout is the pod's semaphore-startup-timeout annotation;
 	// empty leaves the webhook's default.
 	StartupTimeout string
-	// Strategy is the Deployment's spec.strategy as YAML flow; empty leaves
-	// Kubernetes' default rolling update.
-	Strategy string
+	// Strategy is the Deployment's update strategy; nil leaves Kubernetes'
+	// default rolling update.
+	Strategy *appsv1.DeploymentStrategy
 	// SchedulingGate, when set, keeps every pod Pending until the gate is
 	// removed from it.
 	SchedulingGate string
@@ -41,11 +46,45 @@ type workload struct {
 // apply creates or updates the workload's Deployment.
 func (w workload) apply(t *testing.T, c *cluster) {
 	t.Helper()
-	manifest := filepath.Join(t.TempDir(), w.Name+".yaml")
-	if err := os.WriteFile(manifest, []byte(w.manifest()), 0o644); err != nil {
+	c.applyObject(t, w.Namespace, w.manifest())
+}
+
+// applyPods creates the workload as bare pods (podsManifest). Nothing
+// retries a bare pod's denial, so it applies again, as a controller would,
+// until every pod exists: a webhook on a loaded machine may deny one for
+// want of a Redis quorum.
+func (w workload) applyPods(t *testing.T, c *cluster) {
+	t.Helper()
+	manifest := writeManifest(t, w.podsManifest())
+	c.timed(t, fmt.Sprintf("%d pods created", w.Replicas), func(ctx context.Context) error {
+		return c.poll(ctx, func() (bool, string, error) {
+			out, err := c.node.Kubectl(ctx, "-n", w.Namespace, "apply", "-f", manifest)
+			return err == nil, fmt.Sprintf("kubectl apply: %v\n%s", err, out), nil
+		})
+	})
+	if t.Failed() {
+		t.FailNow()
+	}
+}
+
+// applyObject applies obj with kubectl.
+func (c *cluster) applyObject(t *testing.T, namespace string, obj any) {
+	t.Helper()
+	c.kubectl(t, "-n", namespace, "apply", "-f", writeManifest(t, obj))
+}
+
+// writeManifest writes obj as JSON into a file of the test.
+func writeManifest(t *testing.T, obj any) string {
+	t.Helper()
+	data, err := json.Marshal(obj)
+	if err != nil {
 		t.Fatal(err)
 	}
-	c.kubectl(t, "-n", w.Namespace, "apply", "-f", manifest)
+	manifest := filepath.Join(t.TempDir(), "manifest.json")
+	if err := os.WriteFile(manifest, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return manifest
 }
 
 // pods lists the workload's pods (sorted by name) and those of them with a
@@ -167,56 +206,88 @@ func (w workload) waitDenials(t *testing.T, c *cluster, running []string, want s
 }
 
 // manifest is the Deployment, restricted-PSS compliant as users write it.
-func (w workload) manifest() string {
+func (w workload) manifest() any {
+	replicas := int32(w.Replicas)
+	tmpl := w.podTemplate()
+	d := appsv1.Deployment{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "apps/v1", Kind: "Deployment"},
+		ObjectMeta: metav1.ObjectMeta{Name: w.Name},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: &replicas,
+			Selector: &metav1.LabelSelector{MatchLabels: tmpl.Labels},
+			Template: tmpl,
+		},
+	}
+	if w.Strategy != nil {
+		d.Spec.Strategy = *w.Strategy
+	}
+	return d
+}
+
+// podsManifest is Replicas bare pods of the same template, NAME-0 to
+// NAME-(Replicas-1): nothing recreates them once they are deleted.
+func (w workload) podsManifest() any {
+	list := corev1.List{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "List"}}
+	tmpl := w.podTemplate()
+	for i := range w.Replicas {
+		pod := corev1.Pod{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"}, ObjectMeta: *tmpl.ObjectMeta.DeepCopy(), Spec: *tmpl.Spec.DeepCopy()}
+		pod.Name = fmt.Sprintf("%s-%d", w.Name, i)
+		list.Items = append(list.Items, runtime.RawExtension{Object: &pod})
+	}
+	return list
+}
+
+// podTemplate is the metrics app, opted in on the workload's semaphore and
+// annotated for the conventional prometheus.io/* scrape configuration.
+func (w workload) podTemplate() corev1.PodTemplateSpec {
 	interval := w.ScrapeInterval
 	if interval == "" {
 		interval = "5s"
 	}
-	var spec, annotations, podSpec, env strings.Builder
-	if w.Strategy != "" {
-		fmt.Fprintf(&spec, "  strategy: %s\n", w.Strategy)
+	var env []corev1.EnvVar
+	if w.Tick > 0 {
+		env = append(env, corev1.EnvVar{Name: countingapp.EnvTick, Value: w.Tick.String()})
+	}
+	if w.Drain > 0 {
+		env = append(env, corev1.EnvVar{Name: countingapp.EnvDrain, Value: w.Drain.String()})
+	}
+	tmpl := corev1.PodTemplateSpec{
+		ObjectMeta: metav1.ObjectMeta{
+			Labels: map[string]string{"app": w.Name},
+			Annotations: map[string]string{
+				prefix + "prometheus-metrics-proxy": "true",
+				prefix + "semaphore-key":            w.Key,
+				prefix + "semaphore-size":           strconv.Itoa(w.Size),
+				prefix + "scrape-interval":          interval,
+				"prometheus.io/scrape":              "true",
+				"prometheus.io/port":                strconv.Itoa(images.MetricsAppPort),
+			},
+		},
+		Spec: corev1.PodSpec{
+			SecurityContext: &corev1.PodSecurityContext{
+				RunAsNonRoot:   ptr.To(true),
+				SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+			},
+			Containers: []corev1.Container{{
+				Name:  "app",
+				Image: images.MetricsAppRef,
+				Env:   env,
+				Ports: []corev1.ContainerPort{{Name: "metrics", ContainerPort: images.MetricsAppPort}},
+				SecurityContext: &corev1.SecurityContext{
+					AllowPrivilegeEscalation: ptr.To(false),
+					ReadOnlyRootFilesystem:   ptr.To(true),
+					Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+				},
+			}},
+		},
 	}
 	if w.StartupTimeout != "" {
-		fmt.Fprintf(&annotations, "        %ssemaphore-startup-timeout: %s\n", prefix, w.StartupTimeout)
+		tmpl.Annotations[prefix+"semaphore-startup-timeout"] = w.StartupTimeout
 	}
 	if w.SchedulingGate != "" {
-		fmt.Fprintf(&podSpec, "      schedulingGates: [{name: %s}]\n", w.SchedulingGate)
+		tmpl.Spec.SchedulingGates = []corev1.PodSchedulingGate{{Name: w.SchedulingGate}}
 	}
-	if w.Drain != "" {
-		fmt.Fprintf(&env, "        env: [{name: %s, value: %q}]\n", countingapp.EnvDrain, w.Drain)
-	}
-	return fmt.Sprintf(`apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: %[1]s
-spec:
-  replicas: %[2]d
-%[8]s  selector:
-    matchLabels: {app: %[1]s}
-  template:
-    metadata:
-      labels: {app: %[1]s}
-      annotations:
-        %[3]sprometheus-metrics-proxy: "true"
-        %[3]ssemaphore-key: %[4]s
-        %[3]ssemaphore-size: "%[5]d"
-        %[3]sscrape-interval: %[6]s
-        prometheus.io/port: "8080"
-%[9]s    spec:
-%[10]s      securityContext:
-        runAsNonRoot: true
-        seccompProfile: {type: RuntimeDefault}
-      containers:
-      - name: app
-        image: %[7]s
-%[11]s        ports:
-        - {name: metrics, containerPort: 8080}
-        securityContext:
-          allowPrivilegeEscalation: false
-          readOnlyRootFilesystem: true
-          capabilities: {drop: [ALL]}
-`, w.Name, w.Replicas, prefix, w.Key, w.Size, interval, images.MetricsAppRef,
-		spec.String(), annotations.String(), podSpec.String(), env.String())
+	return tmpl
 }
 
 // waitGateOpen waits until Size pods run their app container behind a

@@ -344,7 +344,7 @@ func (n *Node) startNode(ctx context.Context, b binaries) error {
 	}); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Join(kubeletDir, "pods-logs"), 0o755); err != nil {
+	if err := os.MkdirAll(n.podLogsDir(), 0o755); err != nil {
 		return err
 	}
 	if _, err := n.run(ctx, "kubelet", b.kubelet, []string{
@@ -493,6 +493,19 @@ func (n *Node) Kubeconfig() string { return n.KubeconfigPath }
 // CRI (the kubelet's runtime endpoint): tests read container statuses from
 // it, with the runtime's own timestamps.
 func (n *Node) CRISocket() string { return newContainerdPaths(n.Dir).socket }
+
+// ContainerLogPath is the file the kubelet has the runtime write a
+// container's output to, in the CRI log format (one line per write:
+// timestamp, stream, P or F, text). The kubelet removes it with the pod, so
+// a test that reads a container's last lines after the pod is gone opens it
+// while the container runs and keeps it open.
+func (n *Node) ContainerLogPath(namespace, pod, uid, container string, restartCount int) string {
+	dir := fmt.Sprintf("%s_%s_%s", namespace, pod, uid)
+	return filepath.Join(n.podLogsDir(), dir, container, fmt.Sprintf("%d.log", restartCount))
+}
+
+// podLogsDir is the kubelet's podLogsDir (kubeletConfig).
+func (n *Node) podLogsDir() string { return filepath.Join(n.Dir, "kubelet", "pods-logs") }
 
 // LogTail returns the last lines of a component's log: "containerd",
 // "kubelet", "kube-scheduler", "kube-proxy", "kube-network-policies", or one
