@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"strings"
+
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/images"
 )
 
 // The manifests are written as a user would write them (and shown with
@@ -56,4 +58,40 @@ spec:
         app: %[1]s
 %[3]s    spec:
       %[4]s`, name, replicas, annotationsYAML(annotations, "      "), strings.TrimPrefix(spec, "  "))
+}
+
+// appDeploymentYAML is a Deployment of the app that serves metrics on the
+// node (the metrics-app image, a counter on :8080/metrics), restricted as
+// the chart's users run it.
+func appDeploymentYAML(name string, replicas int, annotations [][2]string) string {
+	return fmt.Sprintf(`apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: %[1]s
+spec:
+  replicas: %[2]d
+  selector:
+    matchLabels:
+      app: %[1]s
+  template:
+    metadata:
+      labels:
+        app: %[1]s
+%[3]s    spec:
+      securityContext:
+        runAsNonRoot: true
+        seccompProfile:
+          type: RuntimeDefault
+      containers:
+        - name: app
+          image: %[4]s
+          ports:
+            - name: metrics
+              containerPort: %[5]d
+          securityContext:
+            allowPrivilegeEscalation: false
+            readOnlyRootFilesystem: true
+            capabilities:
+              drop: [ALL]
+`, name, replicas, annotationsYAML(annotations, "      "), images.MetricsAppRef, images.MetricsAppPort)
 }

@@ -42,6 +42,8 @@ type walker struct {
 	// gap is set after command output, so that narration that follows it
 	// starts after a blank line.
 	gap bool
+	// onNode waits longer and polls less often: pods pull and start.
+	onNode bool
 }
 
 func walkthrough(ctx context.Context, cfg config, st *state, out io.Writer) error {
@@ -506,9 +508,14 @@ func (w *walker) cat(path string) error {
 	return nil
 }
 
-// until polls check until it succeeds, up to waitTimeout.
+// until polls check until it succeeds, up to waitTimeout (nodeWaitTimeout
+// on the node).
 func (w *walker) until(what string, check func() error) error {
-	deadline := time.Now().Add(waitTimeout)
+	timeout, every := waitTimeout, 200*time.Millisecond
+	if w.onNode {
+		timeout, every = nodeWaitTimeout, time.Second
+	}
+	deadline := time.Now().Add(timeout)
 	for {
 		err := check()
 		if err == nil {
@@ -520,7 +527,7 @@ func (w *walker) until(what string, check func() error) error {
 		select {
 		case <-w.ctx.Done():
 			return w.ctx.Err()
-		case <-time.After(200 * time.Millisecond):
+		case <-time.After(every):
 		}
 	}
 }
