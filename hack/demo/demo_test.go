@@ -190,6 +190,12 @@ func readPid(t *testing.T, dir string) int {
 // sweep finds them.
 func demoProcesses(t *testing.T, dir string) []int {
 	t.Helper()
+	return processes(t, func(pid int) bool { return isDemoProcess(pid, dir) })
+}
+
+// processes lists the processes for which match is true.
+func processes(t *testing.T, match func(pid int) bool) []int {
+	t.Helper()
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		t.Fatal(err)
@@ -197,10 +203,10 @@ func demoProcesses(t *testing.T, dir string) []int {
 	var out []int
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
+		if err != nil || pid == os.Getpid() {
 			continue
 		}
-		if isDemoProcess(pid, dir) {
+		if match(pid) {
 			out = append(out, pid)
 		}
 	}

@@ -29,6 +29,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/kubenode"
 )
@@ -51,6 +52,9 @@ type config struct {
 	// nodeOwner names the demo's node in the machine-wide lock
 	// (kubenode.DemoOwner unless a test runs the demo).
 	nodeOwner string
+	// startTimeout bounds the environment's start, a wait for another
+	// test's node included.
+	startTimeout time.Duration
 }
 
 func main() {
@@ -70,6 +74,7 @@ func run(args []string) int {
 	sidecarBinary := fs.String("sidecar-binary", "bin/prometheus-metrics-proxy-hook-sidecar", "the sidecar binary the walkthrough starts (make build)")
 	mode := fs.String("mode", modeAuto, "node: the chart on a real node (Linux, root); control-plane: a control plane without a node, the webhook and sidecar as local processes; auto: the node where it can run")
 	nodeOwner := fs.String("node-owner", kubenode.DemoOwner, "who holds the machine's node, as other programs that want it are told")
+	startTimeout := fs.Duration("start-timeout", defaultStartTimeout, "how long the environment may take to start (with --node-owner other than the demo's, waiting for other nodes included)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
 	}
@@ -77,7 +82,7 @@ func run(args []string) int {
 		fmt.Fprintf(os.Stderr, "demo: --mode is %q; it must be auto, node or control-plane\n", *mode)
 		return 2
 	}
-	cfg := config{mode: *mode, nodeOwner: *nodeOwner}
+	cfg := config{mode: *mode, nodeOwner: *nodeOwner, startTimeout: *startTimeout}
 	for _, p := range []struct {
 		in  string
 		out *string

@@ -41,8 +41,30 @@ func podYAML(name string, annotations [][2]string) string {
 		annotationsYAML(annotations, "  ") + "spec:\n" + restrictedPodSpec
 }
 
-func deploymentYAML(name string, replicas int, annotations [][2]string) string {
-	spec := strings.ReplaceAll(restrictedPodSpec, "\n  ", "\n      ")
+// appPodSpec is the pod spec of the app that serves metrics on the node
+// (the metrics-app image, a counter on :8080/metrics), restricted as the
+// chart's users run it.
+var appPodSpec = fmt.Sprintf(`  securityContext:
+    runAsNonRoot: true
+    seccompProfile:
+      type: RuntimeDefault
+  containers:
+    - name: app
+      image: %s
+      ports:
+        - name: metrics
+          containerPort: %d
+      securityContext:
+        allowPrivilegeEscalation: false
+        readOnlyRootFilesystem: true
+        capabilities:
+          drop: [ALL]
+`, images.MetricsAppRef, images.MetricsAppPort)
+
+// deploymentYAML is a Deployment whose pod template has podSpec
+// (restrictedPodSpec or appPodSpec).
+func deploymentYAML(name string, replicas int, annotations [][2]string, podSpec string) string {
+	spec := strings.ReplaceAll(podSpec, "\n  ", "\n      ")
 	return fmt.Sprintf(`apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -58,40 +80,4 @@ spec:
         app: %[1]s
 %[3]s    spec:
       %[4]s`, name, replicas, annotationsYAML(annotations, "      "), strings.TrimPrefix(spec, "  "))
-}
-
-// appDeploymentYAML is a Deployment of the app that serves metrics on the
-// node (the metrics-app image, a counter on :8080/metrics), restricted as
-// the chart's users run it.
-func appDeploymentYAML(name string, replicas int, annotations [][2]string) string {
-	return fmt.Sprintf(`apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: %[1]s
-spec:
-  replicas: %[2]d
-  selector:
-    matchLabels:
-      app: %[1]s
-  template:
-    metadata:
-      labels:
-        app: %[1]s
-%[3]s    spec:
-      securityContext:
-        runAsNonRoot: true
-        seccompProfile:
-          type: RuntimeDefault
-      containers:
-        - name: app
-          image: %[4]s
-          ports:
-            - name: metrics
-              containerPort: %[5]d
-          securityContext:
-            allowPrivilegeEscalation: false
-            readOnlyRootFilesystem: true
-            capabilities:
-              drop: [ALL]
-`, name, replicas, annotationsYAML(annotations, "      "), images.MetricsAppRef, images.MetricsAppPort)
 }

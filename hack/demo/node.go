@@ -50,7 +50,7 @@ func runNode(ctx context.Context, cfg config, st *state, logger *log.Logger) err
 	if err := kubenode.Holder(); err != nil && cfg.nodeOwner == kubenode.DemoOwner {
 		return nodeBusy(err)
 	}
-	startCtx, cancel := context.WithTimeout(ctx, startTimeout)
+	startCtx, cancel := context.WithTimeout(ctx, cfg.startTimeout)
 	defer cancel()
 	c, err := chartnode.Start(startCtx, chartnode.Options{Owner: cfg.nodeOwner, Logf: logger.Printf})
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -14,7 +13,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/e2e/kubectl"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/admission"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/images"
 )
@@ -41,22 +39,11 @@ type nodeWalk struct {
 }
 
 func nodeWalkthrough(ctx context.Context, cfg config, st *state, out io.Writer) error {
-	k, err := kubectl.New(st.Kubeconfig)
+	base, err := newWalker(ctx, cfg, st, out)
 	if err != nil {
 		return err
 	}
-	n, err := cfg.dir.nextRun()
-	if err != nil {
-		return err
-	}
-	w := &nodeWalk{walker: &walker{
-		ctx: ctx, out: out, k: k, st: st, onNode: true,
-		ns:  "demo-" + strconv.Itoa(n),
-		dir: cfg.dir.path("manifests", strconv.Itoa(n)),
-	}}
-	if err := os.MkdirAll(w.dir, 0o755); err != nil {
-		return err
-	}
+	w := &nodeWalk{walker: base}
 	for _, step := range []func() error{
 		w.environment, func() error { return w.namespace(nil) }, w.deployment, w.sidecarLogs, w.termination, w.badAnnotation,
 	} {
@@ -97,13 +84,13 @@ func (w *nodeWalk) environment() error {
 
 func (w *nodeWalk) deployment() error {
 	w.section(fmt.Sprintf("A Deployment of %d replicas on a semaphore of size %d", workersReplicas, workersSize))
-	path, err := w.manifest("workers.yaml", appDeploymentYAML("workers", workersReplicas, [][2]string{
+	path, err := w.manifest("workers.yaml", deploymentYAML("workers", workersReplicas, [][2]string{
 		{admission.AnnotationOptIn, "true"},
 		{admission.AnnotationSemaphoreKey, workersKey},
 		{admission.AnnotationSemaphoreSize, strconv.Itoa(workersSize)},
 		{admission.AnnotationScrapeInterval, "5s"},
 		{admission.AnnotationPort, strconv.Itoa(images.MetricsAppPort)},
-	}))
+	}, appPodSpec))
 	if err != nil {
 		return err
 	}

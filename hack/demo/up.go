@@ -19,7 +19,7 @@ import (
 // about 15 s on an idle machine, several times that on a busy one; the node
 // adds the image builds (a minute or two with a cold Go build cache), its
 // own start and the chart's pods.
-const startTimeout = 20 * time.Minute
+const defaultStartTimeout = 20 * time.Minute
 
 // up starts the environment in a daemon (or finds the running one), waits
 // until it is ready while showing its progress, and walks through the
@@ -112,7 +112,7 @@ func spawnDaemon(ctx context.Context, cfg config, out io.Writer) (int, error) {
 	}
 	defer logFile.Close()
 	cmd := exec.Command(self, "serve", "--state-dir", string(cfg.dir), "--root", cfg.root, "--webhook-binary", cfg.webhookBinary, "--sidecar-binary", cfg.sidecarBinary,
-		"--mode", cfg.mode, "--node-owner", cfg.nodeOwner)
+		"--mode", cfg.mode, "--node-owner", cfg.nodeOwner, "--start-timeout", cfg.startTimeout.String())
 	cmd.Dir = cfg.root
 	// The log file, never a pipe: a `make demo | tee` must not wait for the
 	// daemon to close its output.
@@ -163,7 +163,7 @@ func (e *daemonExited) Error() string {
 // the daemon's log to the terminal and fails when the daemon exits;
 // without, it fails when the daemon's lock is released.
 func waitReady(ctx context.Context, cfg config, w *daemonWatch) (*state, error) {
-	deadline := time.Now().Add(startTimeout)
+	deadline := time.Now().Add(cfg.startTimeout)
 	var shown int64
 	for {
 		if w != nil {
@@ -188,7 +188,7 @@ func waitReady(ctx context.Context, cfg config, w *daemonWatch) (*state, error) 
 			}
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("the demo environment was not ready within %s; see %s", startTimeout, cfg.dir.logFile())
+			return nil, fmt.Errorf("the demo environment was not ready within %s; see %s", cfg.startTimeout, cfg.dir.logFile())
 		}
 		var exited <-chan int
 		if w != nil {

@@ -46,25 +46,35 @@ type walker struct {
 	onNode bool
 }
 
-func walkthrough(ctx context.Context, cfg config, st *state, out io.Writer) error {
+// newWalker starts the next walkthrough: its namespace, manifests and
+// sidecar logs are numbered.
+func newWalker(ctx context.Context, cfg config, st *state, out io.Writer) (*walker, error) {
 	k, err := kubectl.New(st.Kubeconfig)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	n, err := cfg.dir.nextRun()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	w := &walker{
-		ctx: ctx, out: out, k: k, st: st,
+		ctx: ctx, out: out, k: k, st: st, onNode: st.Mode == modeNode,
 		ns:   "demo-" + strconv.Itoa(n),
 		dir:  cfg.dir.path("manifests", strconv.Itoa(n)),
 		logs: cfg.dir.path("sidecars", strconv.Itoa(n)),
 	}
 	for _, d := range []string{w.dir, w.logs} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
-			return err
+			return nil, err
 		}
+	}
+	return w, nil
+}
+
+func walkthrough(ctx context.Context, cfg config, st *state, out io.Writer) error {
+	w, err := newWalker(ctx, cfg, st, out)
+	if err != nil {
+		return err
 	}
 	app, err := startApp()
 	if err != nil {
@@ -375,7 +385,7 @@ func (w *walker) deployment(app *metricsApp) error {
 		{admission.AnnotationPort, strconv.Itoa(app.port)},
 		{admission.AnnotationSemaphoreKey, "batch"},
 		{admission.AnnotationSemaphoreSize, "2"},
-	}))
+	}, restrictedPodSpec))
 	if err != nil {
 		return err
 	}
