@@ -22,8 +22,11 @@ const noPersistence = "no-persistence-values.yaml"
 // chart from the registry, marks the state ready, waits for ctx and stops
 // everything again.
 func runNode(ctx context.Context, cfg config, st *state, logger *log.Logger) error {
-	// A daemon that was killed left its node's pods, mounts and chains.
-	if swept, err := kubenode.SweepAfter(cfg.nodeOwner); err != nil {
+	// A daemon that was killed left its node's pods, mounts and chains;
+	// they must go before its directories. A node that holds the machine
+	// now swept them when it started.
+	var busy *kubenode.BusyError
+	if swept, err := kubenode.SweepAfter(cfg.nodeOwner); err != nil && !errors.As(err, &busy) {
 		return fmt.Errorf("cannot clean up after the demo's earlier node: %w", err)
 	} else if swept {
 		logger.Print("removed what an earlier demo's node left behind")
