@@ -35,6 +35,11 @@ func SweepAfter(owner string) (swept bool, err error) {
 		return false, err
 	}
 	defer f.Close()
+	return sweepAfter(owner)
+}
+
+// sweepAfter is SweepAfter for a caller that holds the machine-wide lock.
+func sweepAfter(owner string) (swept bool, err error) {
 	rec, err := readRecord()
 	if err != nil || rec == nil || rec.Owner != owner {
 		return false, err
