@@ -16,8 +16,9 @@ import (
 const (
 	// downGrace is how long the daemon gets to stop everything after
 	// SIGTERM: the webhook drains for up to 10 s, each control plane
-	// process gets 10 s before SIGKILL.
-	downGrace = 90 * time.Second
+	// process gets 10 s before SIGKILL, and so does each of the node's,
+	// whose pods are killed and swept after.
+	downGrace = 3 * time.Minute
 	// killWait bounds the wait after SIGKILL.
 	killWait = 15 * time.Second
 )

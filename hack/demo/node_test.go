@@ -58,7 +58,7 @@ func TestDemoNode(t *testing.T) {
 		`semaphore "demo-1/workers" is full (2/2 slots held)`,
 		"Renewed the semaphore lease.",
 		"Termination signal received",
-		"never more than 2 workers ran at once",
+		"and at no time did more than 2 workers run.",
 		`semaphore-size "0" must be an integer from 1 to 1024`,
 		"make demo-down",
 	} {

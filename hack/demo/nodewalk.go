@@ -106,7 +106,7 @@ func (w *nodeWalk) deployment() error {
 			return err
 		}
 		if len(running) > workersSize {
-			return fmt.Errorf("%d workers run on a semaphore of size %d", len(running), workersSize)
+			return fmt.Errorf("%w: %d workers run on a semaphore of size %d", errGiveUp, len(running), workersSize)
 		}
 		if len(running) < workersSize {
 			return fmt.Errorf("%d of %d workers Running", len(running), workersSize)
@@ -207,7 +207,7 @@ func (w *nodeWalk) termination() error {
 			return err
 		}
 		if len(running) > workersSize {
-			return fmt.Errorf("%d workers run on a semaphore of size %d", len(running), workersSize)
+			return fmt.Errorf("%w: %d workers run on a semaphore of size %d", errGiveUp, len(running), workersSize)
 		}
 		for _, p := range running {
 			if !slices.ContainsFunc(w.running, func(q corev1.Pod) bool { return q.Name == p.Name }) {
@@ -225,8 +225,8 @@ func (w *nodeWalk) termination() error {
 		`custom-columns=NAME:.metadata.name,STATUS:.status.phase,SLOT:.metadata.annotations.prometheus-metrics-proxy-hook\.kaidotio\.github\.io/semaphore-slot`); err != nil {
 		return err
 	}
-	w.say("The slot %s held went back when its sidecar exited, and the ReplicaSet's next retry was admitted: %s runs now, and "+
-		"never more than %d workers ran at once.", pod.Name, next[0].Name, workersSize)
+	w.say("The slot %s held went back when its sidecar exited, and the ReplicaSet's next retry was admitted: %s runs now, "+
+		"and at no time did more than %d workers run.", pod.Name, next[0].Name, workersSize)
 	return nil
 }
 

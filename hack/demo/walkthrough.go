@@ -26,6 +26,10 @@ import (
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/kubetest"
 )
 
+// errGiveUp, wrapped in the error of a wait's check, ends the wait: what
+// it saw can no longer turn into what it waits for.
+var errGiveUp = errors.New("giving up")
+
 // waitTimeout bounds each wait of the walkthrough (a ServiceAccount, an
 // event, a renewal) on a busy machine.
 const waitTimeout = 90 * time.Second
@@ -528,8 +532,8 @@ func (w *walker) until(what string, check func() error) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		err := check()
-		if err == nil {
-			return nil
+		if err == nil || errors.Is(err, errGiveUp) {
+			return err
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("waiting for %s: %w", what, err)
