@@ -43,6 +43,7 @@ func runNode(ctx context.Context, cfg config, st *state, logger *log.Logger) err
 	if err := os.MkdirAll(tmp, 0o755); err != nil {
 		return fmt.Errorf("cannot create %s: %w", tmp, err)
 	}
+	defer os.RemoveAll(tmp) // after the node's and the registry's stop, deferred below
 	if err := os.Setenv("TMPDIR", tmp); err != nil {
 		return err
 	}
@@ -82,7 +83,9 @@ func runNode(ctx context.Context, cfg config, st *state, logger *log.Logger) err
 	if err != nil {
 		return err
 	}
-	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+	// Up to the chart's NOTES, which are for a user's cluster.
+	notes, _, _ := strings.Cut(out, "NOTES:")
+	for _, line := range strings.Split(strings.TrimSpace(notes), "\n") {
 		logger.Printf("  %s", line)
 	}
 	logger.Print("waiting for the webhook's 2 and Redis' 3 pods to be Ready")
@@ -117,6 +120,7 @@ func describeNode(c *chartnode.Cluster, cfg config, st *state) error {
 	}
 	st.Kubeconfig, st.APIServer = cfg.dir.kubeconfig(), c.Node.URL
 	st.NodeIP, st.Registry = c.Node.IP, c.Registry.Host
+	st.NetworkPoliciesUnenforced = c.Node.NetworkPoliciesUnenforced
 	st.Chart = c.Chart.URL + ":" + c.Chart.Version
 	for _, name := range []string{"kubelet", "containerd", "kube-proxy", "kube-scheduler"} {
 		st.Logs[name] = filepath.Join(c.Node.Dir, name, name+".log")

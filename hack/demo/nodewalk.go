@@ -15,6 +15,7 @@ import (
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/admission"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/images"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/kubenode"
 )
 
 const (
@@ -56,9 +57,13 @@ func nodeWalkthrough(ctx context.Context, cfg config, st *state, out io.Writer) 
 
 func (w *nodeWalk) environment() error {
 	w.section("The environment: the chart on a real node")
+	netpol := "kube-network-policies enforcing NetworkPolicies"
+	if w.st.NetworkPoliciesUnenforced != "" {
+		netpol = "no NetworkPolicy enforcer (this kernel lacks what kube-network-policies needs, so the chart's NetworkPolicies are stored but not enforced)"
+	}
 	w.say("What runs for real on this machine: etcd, kube-apiserver, kube-controller-manager and kube-scheduler; a kubelet "+
 		"(node %s at %s) on containerd and runc, with a CNI bridge for the pods; kube-proxy routing Services through iptables; "+
-		"CoreDNS in kube-system; kube-network-policies enforcing NetworkPolicies.", "pmph-kubenode", w.st.NodeIP)
+		"CoreDNS in kube-system; %s.", kubenode.NodeName, w.st.NodeIP, netpol)
 	w.say("The chart's images were built from this checkout without Docker and pushed to an OCI registry on %s. containerd pulls "+
 		"ghcr.io, docker.io and registry.k8s.io through it (a registry mirror, as air-gapped clusters run), so the chart's image "+
 		"values are unchanged. The chart itself was pushed there too and installed from it:", w.st.Registry)
@@ -125,6 +130,11 @@ func (w *nodeWalk) deployment() error {
 	w.say("%d pods run: each was admitted with a slot of semaphore %q, and its sidecar's startup probe opened the start gate. "+
 		"The ReplicaSet's other creations were denied with the webhook's message above; it keeps retrying with backoff, and "+
 		"creates the next pod once a slot frees up.", workersSize, w.ns+"/"+workersKey)
+	if res, err := w.quiet("-n", w.ns, "get", "events", "--field-selector", "reason=FailedCreate", "-o", "jsonpath={.items[*].message}"); err == nil &&
+		strings.Contains(res.Stdout, "no Redis quorum") {
+		w.say("A denial for no Redis quorum right after the install is Redis' start delay: without persistence a Redis pod " +
+			"waits 5 s before it serves, so that no lease it forgot is granted twice.")
+	}
 	return nil
 }
 
@@ -154,9 +164,15 @@ func (w *nodeWalk) sidecarLogs() error {
 	w.logLen = len(logLines(res.Stdout))
 	w.say("These are the sidecar's own log lines, from the container's log on the node: it took the pod's slot, opened the start " +
 		"gate and renews the lease through the webhook's lease API (only the webhook talks to Redis).")
-	body, err := get(w.metricsURL(pod))
-	if err != nil {
-		return fmt.Errorf("scraping %s through its sidecar: %w", pod.Name, err)
+	// The app starts after the sidecar's start gate opened; until it
+	// serves, the sidecar answers 502.
+	var body string
+	if err := w.until("the app answering through "+pod.Name+"'s sidecar", func() error {
+		var err error
+		body, err = get(w.metricsURL(pod))
+		return err
+	}); err != nil {
+		return err
 	}
 	fmt.Fprintf(w.out, "$ curl %s   # what Prometheus scrapes: the app's metrics through the sidecar\n%s", w.metricsURL(pod), indent(body))
 	w.gap = true

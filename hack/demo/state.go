@@ -77,6 +77,9 @@ type state struct {
 	Registry    string `json:"registry,omitempty"`
 	Chart       string `json:"chart,omitempty"`
 	HelmInstall string `json:"helmInstall,omitempty"`
+	// NetworkPoliciesUnenforced says why the node does not enforce
+	// NetworkPolicies ("" when it does).
+	NetworkPoliciesUnenforced string `json:"networkPoliciesUnenforced,omitempty"`
 	// Logs maps a component to its log file.
 	Logs map[string]string `json:"logs,omitempty"`
 }
