@@ -210,7 +210,7 @@ func (w *nodeWalk) termination() error {
 	}); err != nil {
 		return err
 	}
-	fmt.Fprintf(w.out, "$ kubectl -n %s logs %s -c %s   # the lines since the deletion\n", w.ns, pod.Name, admission.ContainerName)
+	fmt.Fprintf(w.out, "$ kubectl -n %s logs %s -c %s   # the lines after those shown above\n", w.ns, pod.Name, admission.ContainerName)
 	for _, l := range lines[min(w.logLen, len(lines)):] {
 		fmt.Fprintln(w.out, l)
 	}
