@@ -1,6 +1,6 @@
 # prometheus-metrics-proxy-hook
 #
-#   make demo   local control plane + chart + walkthrough (see README)
+#   make demo   the chart on a real node (else a control plane) + walkthrough (see README)
 #   make test   every test, installing what the tests need
 #
 # Pieces of the build that belong to one area live in hack/mk/*.mk and append
@@ -34,7 +34,7 @@ TEST_TARGETS := test-go
 
 .PHONY: help
 help:
-	@echo "make demo      start a local control plane, install the chart, walk through the scenarios"
+	@echo "make demo      run the chart on a real node (Linux, root; else a control plane only), walk through the scenarios"
 	@echo "make test      run every test (installs redis-server, etcd, prometheus, kube-apiserver... when missing)"
 	@echo "make build     build $(WEBHOOK_BINARY) and $(SIDECAR_BINARY)"
 	@echo "make lint      gofmt check and go vet"
