@@ -231,7 +231,7 @@ func modeName(native bool) string {
 // CRI until t ends.
 func (c *cluster) recordContainers(t *testing.T, ns string) *cri.Recorder {
 	t.Helper()
-	client, err := cri.Dial(c.node.CRISocket())
+	client, err := cri.Dial(c.Node.CRISocket())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,7 +267,7 @@ func (c *cluster) waitPod(t *testing.T, ns, app string) string {
 	var name string
 	c.timed(t, "the pod of "+app+" created", func(ctx context.Context) error {
 		return c.poll(ctx, func() (bool, string, error) {
-			out, err := c.node.Kubectl(ctx, "-n", ns, "get", "pods", "-l", "app="+app, "-o", "jsonpath={.items[*].metadata.name}")
+			out, err := c.Node.Kubectl(ctx, "-n", ns, "get", "pods", "-l", "app="+app, "-o", "jsonpath={.items[*].metadata.name}")
 			names := strings.Fields(string(out))
 			if err == nil && len(names) == 1 {
 				name = names[0]
@@ -284,7 +284,7 @@ func (c *cluster) waitPod(t *testing.T, ns, app string) string {
 // startupProbeFailures counts the kubelet's events for failed startup
 // probes of a pod.
 func (c *cluster) startupProbeFailures(ctx context.Context, ns, pod string) (int, error) {
-	out, err := c.node.Kubectl(ctx, "-n", ns, "get", "events", "--field-selector", "reason=Unhealthy,involvedObject.name="+pod, "-o", "json")
+	out, err := c.Node.Kubectl(ctx, "-n", ns, "get", "events", "--field-selector", "reason=Unhealthy,involvedObject.name="+pod, "-o", "json")
 	if err != nil {
 		return 0, err
 	}

@@ -122,7 +122,7 @@ func TestFinalScrapeOnTheNode(t *testing.T) {
 func terminateAtOnce(t *testing.T, c *cluster, r *release, interval time.Duration, n int) terminationBatch {
 	ns := fmt.Sprintf("final-%ds", int(interval.Seconds()))
 	c.appNamespace(t, ns)
-	prom := promk8s.StartPodDiscovering(t, c.node.KubeconfigPath, promk8s.Options{
+	prom := promk8s.StartPodDiscovering(t, c.Node.KubeconfigPath, promk8s.Options{
 		ScrapeInterval: interval, ScrapeTimeout: min(interval, prometheusScrapeTimeout), Namespaces: []string{ns},
 	})
 	w := workload{Name: "counter", Namespace: ns, Key: "final", Size: n, Replicas: n,
@@ -204,7 +204,7 @@ func waitScraped(t *testing.T, c *cluster, prom *promk8s.Prometheus, ns string, 
 			{"-n", ns, "logs", pods[0].Name, "-c", "app"},
 			{"-n", ns, "get", "pod", pods[0].Name, "-o", "yaml"},
 		} {
-			out, kerr := c.node.Kubectl(context.Background(), args...)
+			out, kerr := c.Node.Kubectl(context.Background(), args...)
 			t.Logf("kubectl %s: %v\n%s", strings.Join(args, " "), kerr, out)
 		}
 		t.Fatalf("Prometheus did not scrape every pod through its sidecar within %s: %v", bound, err)
@@ -308,7 +308,7 @@ func gracePeriod(spec corev1.PodSpec) time.Duration {
 
 func podList(ctx context.Context, c *cluster, w workload) (corev1.PodList, error) {
 	var list corev1.PodList
-	out, err := c.node.Kubectl(ctx, "-n", w.Namespace, "get", "pods", "-l", "app="+w.Name, "-o", "json")
+	out, err := c.Node.Kubectl(ctx, "-n", w.Namespace, "get", "pods", "-l", "app="+w.Name, "-o", "json")
 	if err != nil {
 		return list, err
 	}
@@ -324,7 +324,7 @@ func openAppLogs(t *testing.T, c *cluster, ns string, pods []runningPod) map[str
 	t.Helper()
 	logs := map[string]*os.File{}
 	for _, p := range pods {
-		f, err := os.Open(c.node.ContainerLogPath(ns, p.Name, p.UID, "app", p.AppRestarts))
+		f, err := os.Open(c.Node.ContainerLogPath(ns, p.Name, p.UID, "app", p.AppRestarts))
 		if err != nil {
 			t.Fatalf("the app's log of pod %s: %v", p.Name, err)
 		}

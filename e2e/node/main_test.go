@@ -5,16 +5,12 @@ import (
 	"fmt"
 	"log"
 	"os"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/images"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/chartnode"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/kubenode"
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/kubetest"
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/registry"
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/testpki"
 )
 
 // clusters holds the node every test of the package shares: starting one
@@ -34,7 +30,7 @@ func TestMain(m *testing.M) {
 	if c := clusters.c; c != nil {
 		if code != 0 {
 			for _, name := range []string{"kubelet", "containerd", "kube-proxy"} {
-				fmt.Fprintf(os.Stderr, "%s log tail:\n%s\n", name, c.node.LogTail(name, 30))
+				fmt.Fprintf(os.Stderr, "%s log tail:\n%s\n", name, c.Node.LogTail(name, 30))
 			}
 		}
 		if err := c.stop(); err != nil {
@@ -76,96 +72,24 @@ func sharedCluster(t *testing.T) *cluster {
 // cluster is the node with the registry that serves its images and the
 // chart, and the CA that signs every release's serving certificate.
 type cluster struct {
-	node  *kubenode.Node
-	reg   *registry.Registry
-	helm  registry.Helm
-	chart registry.Chart
-	ca    *testpki.CA
-	dir   string
+	*chartnode.Cluster
 	// previous is the release the upgrade test starts from, built on
 	// first use.
 	previous previousRelease
 }
 
 // startCluster builds and pushes the images and the chart, and starts the
-// node with containerd's mirrors pointing at the registry.
-// The wait for another package's node (the machine-wide lock) is bounded
-// only by ctx and the test binary's -timeout: under `make test` the node
-// tests of several packages queue for the machine; building and starting
-// have deadlines of their own.
-func startCluster(ctx context.Context) (_ *cluster, err error) {
-	buildCtx, cancel := context.WithTimeout(ctx, 15*time.Minute)
-	defer cancel()
+// node with containerd's mirrors pointing at the registry. The wait for
+// another package's node (the machine-wide lock) is bounded only by ctx:
+// under `make test` the node tests of several packages queue for the
+// machine.
+func startCluster(ctx context.Context) (*cluster, error) {
 	logger := log.New(os.Stderr, "e2e/node: ", log.Ltime|log.Lmsgprefix)
-	c := &cluster{}
-	defer func() {
-		if err != nil {
-			c.stop()
-		}
-	}()
-	if c.dir, err = os.MkdirTemp("", "pmph-e2e-node-"); err != nil {
-		return nil, err
-	}
-	root, err := kubetest.RepoRoot()
+	c, err := chartnode.Start(ctx, chartnode.Options{Owner: "e2e/node tests", Logf: logger.Printf})
 	if err != nil {
 		return nil, err
 	}
-	helmBin, err := kubetest.Tool("helm")
-	if err != nil {
-		return nil, err
-	}
-	if c.ca, err = testpki.NewCA(); err != nil {
-		return nil, err
-	}
-	started := time.Now()
-	built, err := images.Build(buildCtx, images.Options{WorkDir: filepath.Join(c.dir, "images")},
-		images.NameProject, images.NameRedis, images.NamePause, images.NameMetricsApp, images.NameCoreDNS)
-	if err != nil {
-		return nil, fmt.Errorf("building the images: %w", err)
-	}
-	if c.reg, err = registry.Start(buildCtx, registry.Options{}); err != nil {
-		return nil, fmt.Errorf("starting the registry: %w", err)
-	}
-	if err := c.reg.PushAll(buildCtx, built); err != nil {
-		return nil, err
-	}
-	c.helm = registry.Helm{Binary: helmBin, Dir: filepath.Join(c.dir, "helm")}
-	if err := os.MkdirAll(c.helm.Dir, 0o755); err != nil {
-		return nil, err
-	}
-	if c.chart, err = c.reg.PushChart(buildCtx, c.helm, filepath.Join(root, images.ChartDir)); err != nil {
-		return nil, err
-	}
-	logger.Printf("built and pushed the images and the chart in %s", since(started))
-	mirrors := map[string]string{}
-	for _, host := range images.Hosts(built) {
-		mirrors[host] = "http://" + c.reg.Host
-	}
-	started = time.Now()
-	c.node, err = kubenode.Start(ctx, kubenode.Options{
-		Owner:        "e2e/node tests",
-		SandboxImage: images.PauseRef, CoreDNSImage: images.CoreDNSRef, Mirrors: mirrors,
-		Logf: logger.Printf,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("the node did not start: %w", err)
-	}
-	logger.Printf("the node started in %s", since(started))
-	return c, nil
+	return &cluster{Cluster: c}, nil
 }
 
-func (c *cluster) stop() error {
-	var err error
-	if c.node != nil {
-		err = c.node.Stop()
-	}
-	if c.reg != nil {
-		if cerr := c.reg.Close(); cerr != nil && err == nil {
-			err = fmt.Errorf("stopping the registry: %w", cerr)
-		}
-	}
-	if c.dir != "" {
-		os.RemoveAll(c.dir)
-	}
-	return err
-}
+func (c *cluster) stop() error { return c.Cluster.Stop() }

@@ -34,7 +34,7 @@ func (r *release) checkRefusals(t *testing.T) {
 	ping := func(ns, pod string) string {
 		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 		defer cancel()
-		out, err := c.node.Kubectl(ctx, "-n", ns, "exec", pod, "--", "timeout", "5", "redis-cli", "-h", redisIP, "-p", "6379", "ping")
+		out, err := c.Node.Kubectl(ctx, "-n", ns, "exec", pod, "--", "timeout", "5", "redis-cli", "-h", redisIP, "-p", "6379", "ping")
 		return fmt.Sprintf("%s (%v)", strings.TrimSpace(string(out)), err)
 	}
 	if got := ping(r.Namespace, allowed); !strings.Contains(got, "NOAUTH") {

@@ -44,7 +44,7 @@ func (r *release) leases(ctx context.Context, name string, size int) ([]semaphor
 			}
 		}
 	}
-	out, err := r.c.node.Kubectl(ctx, "-n", r.Namespace, "get", "secret", r.Fullname+"-redis-auth", "-o", "jsonpath={.data.redis-password}")
+	out, err := r.c.Node.Kubectl(ctx, "-n", r.Namespace, "get", "secret", r.Fullname+"-redis-auth", "-o", "jsonpath={.data.redis-password}")
 	if err != nil {
 		return nil, err
 	}
@@ -62,7 +62,7 @@ func (r *release) leases(ctx context.Context, name string, size int) ([]semaphor
 
 // pods lists the release's pods of one component (webhook, redis).
 func (r *release) pods(ctx context.Context, component string) ([]corev1.Pod, error) {
-	out, err := r.c.node.Kubectl(ctx, "-n", r.Namespace, "get", "pods", "-o", "json",
+	out, err := r.c.Node.Kubectl(ctx, "-n", r.Namespace, "get", "pods", "-o", "json",
 		"-l", "app.kubernetes.io/instance="+r.Name+",app.kubernetes.io/component="+component)
 	if err != nil {
 		return nil, err
@@ -153,12 +153,12 @@ type leaseAPIAnswer struct {
 // (its ClusterIP, routed by kube-proxy on this machine), with no token: as a
 // sidecar of the previous release calls it, or anyone who read a holder id.
 func (r *release) callLeaseAPI(ctx context.Context, path string, body any) (leaseAPIAnswer, error) {
-	out, err := r.c.node.Kubectl(ctx, "-n", r.Namespace, "get", "service", r.Fullname, "-o", "jsonpath={.spec.clusterIP}")
+	out, err := r.c.Node.Kubectl(ctx, "-n", r.Namespace, "get", "service", r.Fullname, "-o", "jsonpath={.spec.clusterIP}")
 	if err != nil {
 		return leaseAPIAnswer{}, err
 	}
 	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(r.c.ca.PEM)
+	pool.AppendCertsFromPEM(r.c.CA.PEM)
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: r.Fullname + "." + r.Namespace + ".svc", MinVersion: tls.VersionTLS12},
 	}}

@@ -56,7 +56,7 @@ func (c *cluster) buildPrevious(ctx context.Context) (registry.Chart, error) {
 	if err != nil {
 		return registry.Chart{}, err
 	}
-	src, err := os.MkdirTemp(c.dir, "previous-src-")
+	src, err := os.MkdirTemp(c.Dir, "previous-src-")
 	if err != nil {
 		return registry.Chart{}, err
 	}
@@ -65,15 +65,15 @@ func (c *cluster) buildPrevious(ctx context.Context) (registry.Chart, error) {
 		return registry.Chart{}, err
 	}
 	built, err := images.Project(ctx, images.Options{
-		WorkDir: filepath.Join(c.dir, "images-previous"), Root: src,
+		WorkDir: filepath.Join(c.Dir, "images-previous"), Root: src,
 		Version: previousVersion, Revision: previousCommit, Tags: []string{previousVersion},
 	})
 	if err != nil {
 		return registry.Chart{}, fmt.Errorf("building the image of %s: %w", previousCommit, err)
 	}
-	if err := c.reg.PushAll(ctx, []images.Built{built}); err != nil {
+	if err := c.Registry.PushAll(ctx, []images.Built{built}); err != nil {
 		return registry.Chart{}, err
 	}
-	return c.reg.PushChart(ctx, c.helm, filepath.Join(src, images.ChartDir),
+	return c.Registry.PushChart(ctx, c.Helm, filepath.Join(src, images.ChartDir),
 		"--version", previousVersion, "--app-version", previousVersion)
 }

@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -15,29 +14,22 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/utils/ptr"
 
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/images"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/chartnode"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/kubenode"
-	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/kubetest"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/registry"
 )
 
 const (
 	prefix       = "prometheus-metrics-proxy-hook.kaidotio.github.io/"
 	pollInterval = time.Second
-	chartName    = "prometheus-metrics-proxy-hook"
 )
 
 // release is one installation of the chart on the shared node.
 type release struct {
-	c         *cluster
-	Name      string
-	Namespace string
-	// Fullname is what the chart names its objects: RELEASE-prometheus-metrics-proxy-hook.
-	Fullname string
+	chartnode.Release
+	c *cluster
 	// Volumes are the local PersistentVolumes made for its Redis claims.
 	Volumes []string
-	// tlsSecret holds the webhook's serving certificate.
-	tlsSecret string
 }
 
 // installOptions choose the chart and values of helm install and upgrade.
@@ -64,13 +56,15 @@ const redisReplicas = 3
 // it and deletes its namespace when t ends.
 func (c *cluster) installChart(t *testing.T, opts installOptions) *release {
 	t.Helper()
-	r := &release{c: c, Name: opts.Name, Namespace: releaseNamespace(opts.Name), Fullname: opts.Name + "-" + chartName}
+	r := &release{Release: chartnode.NewRelease(opts.Name), c: c}
 	if opts.LocalVolumes {
 		r.createVolumes(t)
 	}
 	c.kubectl(t, "create", "namespace", r.Namespace)
 	t.Cleanup(func() { r.uninstall(t) })
-	r.tlsSecret = r.createTLSSecret(t)
+	if err := c.CreateTLSSecret(t.Context(), r.Release); err != nil {
+		t.Fatal(err)
+	}
 	r.helmApply(t, "install", opts)
 	return r
 }
@@ -88,24 +82,16 @@ func (r *release) helmApply(t *testing.T, verb string, opts installOptions) {
 	t.Helper()
 	chart := opts.Chart
 	if chart.URL == "" {
-		chart = r.c.chart
+		chart = r.c.Chart
 	}
-	root, err := kubetest.RepoRoot()
+	rel := r.Release
+	rel.CIValues, rel.Set = opts.CIValues, opts.Set
+	args, err := r.c.HelmArgs(verb, chart, rel)
 	if err != nil {
 		t.Fatal(err)
 	}
-	args := []string{verb, r.Name, chart.URL, "--version", chart.Version, "--plain-http",
-		"--namespace", r.Namespace, "--kubeconfig", r.c.node.KubeconfigPath}
-	for _, f := range opts.CIValues {
-		args = append(args, "-f", filepath.Join(root, images.ChartDir, "ci", f))
-	}
-	args = append(args, "--set", "certManager.enabled=false", "--set", "tls.existingSecret="+r.tlsSecret,
-		"--set", "tls.caBundle="+base64.StdEncoding.EncodeToString(r.c.ca.PEM))
-	for _, s := range opts.Set {
-		args = append(args, "--set", s)
-	}
 	r.c.timed(t, fmt.Sprintf("helm %s %s %s", verb, r.Name, chart.Version), func(ctx context.Context) error {
-		out, err := r.c.helm.Run(ctx, args...)
+		out, err := r.c.Helm.Run(ctx, args...)
 		if err == nil && !strings.Contains(out, "STATUS: deployed") {
 			err = fmt.Errorf("helm %s printed no STATUS: deployed:\n%s", verb, out)
 		}
@@ -117,7 +103,7 @@ func (r *release) helmApply(t *testing.T, verb string, opts installOptions) {
 }
 
 // releaseNamespace is the namespace installChart installs release name in.
-func releaseNamespace(name string) string { return name + "-system" }
+func releaseNamespace(name string) string { return chartnode.NewRelease(name).Namespace }
 
 // createVolumes makes the release's local volumes and deletes them when t
 // ends, after the uninstall (cleanups run last first) deleted their claims.
@@ -125,11 +111,11 @@ func (r *release) createVolumes(t *testing.T) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	names, err := r.c.node.CreateLocalVolumes(ctx, r.Name+"-redis-data", redisReplicas, "1Gi")
+	names, err := r.c.Node.CreateLocalVolumes(ctx, r.Name+"-redis-data", redisReplicas, "1Gi")
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		if err := r.c.node.DeleteLocalVolumes(ctx, names); err != nil {
+		if err := r.c.Node.DeleteLocalVolumes(ctx, names); err != nil {
 			t.Errorf("deleting the release's local volumes: %v", err)
 		}
 	})
@@ -160,32 +146,11 @@ func (r *release) checkVolumes(t *testing.T) {
 		if class := ptr.Deref(pvc.Spec.StorageClassName, ""); class != kubenode.StorageClass {
 			t.Errorf("claim %s has StorageClass %q, want the default %q", pvc.Name, class, kubenode.StorageClass)
 		}
-		aof := filepath.Join(r.c.node.VolumeDir(volume), "appendonlydir")
+		aof := filepath.Join(r.c.Node.VolumeDir(volume), "appendonlydir")
 		if entries, err := os.ReadDir(aof); err != nil || len(entries) == 0 {
 			t.Errorf("claim %s: Redis wrote no append-only file on its volume (%s: %d entries, %v)", pvc.Name, aof, len(entries), err)
 		}
 	}
-}
-
-// createTLSSecret stores a serving certificate for the webhook's Service.
-func (r *release) createTLSSecret(t *testing.T) string {
-	t.Helper()
-	certPEM, keyPEM, err := r.c.ca.Issue(48*time.Hour, r.Fullname+"."+r.Namespace+".svc", r.Fullname+"."+r.Namespace+".svc.cluster.local")
-	if err != nil {
-		t.Fatal(err)
-	}
-	name := r.Name + "-tls"
-	dir := t.TempDir()
-	args := []string{"-n", r.Namespace, "create", "secret", "generic", name}
-	for file, data := range map[string][]byte{"tls.crt": certPEM, "tls.key": keyPEM, "ca.crt": r.c.ca.PEM} {
-		path := filepath.Join(dir, file)
-		if err := os.WriteFile(path, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		args = append(args, "--from-file="+file+"="+path)
-	}
-	r.c.kubectl(t, args...)
-	return name
 }
 
 // waitReady waits until the webhook's Deployment and, unless Redis runs
@@ -204,10 +169,10 @@ func (r *release) waitReady(t *testing.T, withRedis bool) {
 func (r *release) helmTest(t *testing.T) {
 	t.Helper()
 	r.c.timed(t, "helm test "+r.Name, func(ctx context.Context) error {
-		out, err := r.c.helm.Run(ctx, "test", r.Name, "--namespace", r.Namespace, "--kubeconfig", r.c.node.KubeconfigPath,
+		out, err := r.c.Helm.Run(ctx, "test", r.Name, "--namespace", r.Namespace, "--kubeconfig", r.c.Node.KubeconfigPath,
 			"--timeout", "5m")
 		if err != nil {
-			logs, lerr := r.c.node.Kubectl(ctx, "-n", r.Namespace, "logs", "-l", "app.kubernetes.io/component=test", "--prefix", "--tail=20")
+			logs, lerr := r.c.Node.Kubectl(ctx, "-n", r.Namespace, "logs", "-l", "app.kubernetes.io/component=test", "--prefix", "--tail=20")
 			return fmt.Errorf("%w\nthe test pods' logs (%v):\n%s", err, lerr, logs)
 		}
 		for _, test := range []string{"-test-image", "-test-quorum"} {
@@ -224,7 +189,7 @@ func (r *release) helmTest(t *testing.T) {
 func (r *release) uninstall(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if out, err := r.c.helm.Run(ctx, "uninstall", r.Name, "--namespace", r.Namespace, "--kubeconfig", r.c.node.KubeconfigPath,
+	if out, err := r.c.Helm.Run(ctx, "uninstall", r.Name, "--namespace", r.Namespace, "--kubeconfig", r.c.Node.KubeconfigPath,
 		"--wait", "--timeout", "3m", "--ignore-not-found"); err != nil {
 		t.Errorf("helm uninstall %s: %v\n%s", r.Name, err, out)
 	}

@@ -37,7 +37,7 @@ func TestServiceMonitorOnTheNode(t *testing.T) {
 	// Started first: it applies the operator's CRDs, without which helm
 	// renders no ServiceMonitor.
 	started := time.Now()
-	prom := promk8s.StartFromServiceMonitors(t, c.node.KubeconfigPath, monitoringNamespace, promk8s.ServiceMonitorOptions{
+	prom := promk8s.StartFromServiceMonitors(t, c.Node.KubeconfigPath, monitoringNamespace, promk8s.ServiceMonitorOptions{
 		Options: promk8s.Options{Namespaces: []string{releaseNamespace(name)}},
 	})
 	t.Logf("the CRDs, prometheus-operator and Prometheus on its first configuration took %s", since(started))

@@ -17,7 +17,7 @@ import (
 func (r *release) redisCLI(ctx context.Context, node int, args ...string) ([]string, error) {
 	pod := fmt.Sprintf("%s-redis-%d", r.Fullname, node)
 	script := `REDISCLI_AUTH="$(cat /run/secrets/redis/password)" exec redis-cli --raw -h 127.0.0.1 -p 6379 "$@"`
-	out, err := r.c.node.Kubectl(ctx, append([]string{"-n", r.Namespace, "exec", pod, "-c", "redis", "--", "sh", "-c", script, "redis-cli"}, args...)...)
+	out, err := r.c.Node.Kubectl(ctx, append([]string{"-n", r.Namespace, "exec", pod, "-c", "redis", "--", "sh", "-c", script, "redis-cli"}, args...)...)
 	if err != nil {
 		return nil, fmt.Errorf("redis-cli %s in %s: %w", strings.Join(args, " "), pod, err)
 	}

@@ -49,7 +49,7 @@ func (c *cluster) dump(t *testing.T) {
 		{"get", "pods", "-A", "-o", "wide"},
 		{"get", "events", "-A", "--sort-by=.lastTimestamp"},
 	} {
-		out, err := c.node.Kubectl(ctx, args...)
+		out, err := c.Node.Kubectl(ctx, args...)
 		t.Logf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 }
@@ -59,7 +59,7 @@ func (c *cluster) kubectl(t *testing.T, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	out, err := c.node.Kubectl(ctx, args...)
+	out, err := c.Node.Kubectl(ctx, args...)
 	if err != nil {
 		t.Fatalf("%v", err)
 	}
@@ -72,7 +72,7 @@ func (c *cluster) waitReplicasReady(t *testing.T, namespace, kind, name string) 
 	t.Helper()
 	c.timed(t, kind+" "+name+" Ready", func(ctx context.Context) error {
 		return c.poll(ctx, func() (bool, string, error) {
-			out, err := c.node.Kubectl(ctx, "-n", namespace, "get", kind, name, "-o",
+			out, err := c.Node.Kubectl(ctx, "-n", namespace, "get", kind, name, "-o",
 				"jsonpath={.status.readyReplicas}/{.spec.replicas}")
 			got := strings.TrimSpace(string(out))
 			ready, desired, _ := strings.Cut(got, "/")
@@ -102,10 +102,10 @@ func (c *cluster) appNamespace(t *testing.T, name string) {
 // periods (the sidecar's final-scrape wait would make that minutes), and
 // waits until it is gone.
 func (c *cluster) deleteNamespace(ctx context.Context, t *testing.T, name string) {
-	if out, err := c.node.Kubectl(ctx, "-n", name, "delete", "pods", "--all", "--grace-period=0", "--force", "--ignore-not-found"); err != nil {
+	if out, err := c.Node.Kubectl(ctx, "-n", name, "delete", "pods", "--all", "--grace-period=0", "--force", "--ignore-not-found"); err != nil {
 		t.Errorf("deleting the pods of %s: %v\n%s", name, err, out)
 	}
-	if out, err := c.node.Kubectl(ctx, "delete", "namespace", name, "--ignore-not-found", "--timeout=4m"); err != nil {
+	if out, err := c.Node.Kubectl(ctx, "delete", "namespace", name, "--ignore-not-found", "--timeout=4m"); err != nil {
 		t.Errorf("deleting namespace %s: %v\n%s", name, err, out)
 	}
 }

@@ -65,7 +65,7 @@ func TestUpgradeFromPreviousRelease(t *testing.T) {
 	r.upgrade(t, installOptions{Name: r.Name, CIValues: values})
 	r.waitRollout(t)
 	upgraded := time.Now()
-	r.checkWebhookImage(t, c.chart.Version)
+	r.checkWebhookImage(t, c.Chart.Version)
 	t.Logf("helm upgrade and both rollouts took %s", upgraded.Sub(started).Round(100*time.Millisecond))
 
 	t.Run("old leases renewed without a token", func(t *testing.T) {
@@ -79,7 +79,7 @@ func TestUpgradeFromPreviousRelease(t *testing.T) {
 					state = append(state, fmt.Sprintf("%s: %d", pod, n))
 					done = done && n >= 2
 				}
-				scrapes, err := r.webhookMetrics(ctx, c.chart.Version)
+				scrapes, err := r.webhookMetrics(ctx, c.Chart.Version)
 				if err != nil {
 					return false, err.Error(), nil
 				}
@@ -116,7 +116,7 @@ func TestUpgradeFromPreviousRelease(t *testing.T) {
 	t.Run("reconciler releases no old lease", func(t *testing.T) {
 		c.timed(t, "2 reconciler sweeps that release nothing", func(ctx context.Context) error {
 			return c.poll(ctx, seen.guard(func() (bool, string, error) {
-				scrapes, err := r.webhookMetrics(ctx, c.chart.Version)
+				scrapes, err := r.webhookMetrics(ctx, c.Chart.Version)
 				if err != nil {
 					return false, err.Error(), nil
 				}
@@ -161,7 +161,7 @@ func TestUpgradeFromPreviousRelease(t *testing.T) {
 			return false, fmt.Sprintf("%s's lease still held, %s left", deleted, ttlBefore), nil
 		}))
 	})
-	scrapes, err := r.webhookMetrics(t.Context(), c.chart.Version)
+	scrapes, err := r.webhookMetrics(t.Context(), c.Chart.Version)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -364,7 +364,7 @@ func (r *release) waitRollout(t *testing.T) {
 	t.Helper()
 	for _, object := range []string{"deployment/" + r.Fullname, "statefulset/" + r.Fullname + "-redis"} {
 		r.c.timed(t, "rollout of "+object, func(ctx context.Context) error {
-			_, err := r.c.node.Kubectl(ctx, "-n", r.Namespace, "rollout", "status", object, "--timeout=5m")
+			_, err := r.c.Node.Kubectl(ctx, "-n", r.Namespace, "rollout", "status", object, "--timeout=5m")
 			return err
 		})
 	}

@@ -38,7 +38,7 @@ func TestChartDefaults(t *testing.T) {
 	t.Run("webhook metrics through kubectl port-forward", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 		defer cancel()
-		addr, stop, err := c.node.PortForward(ctx, r.Namespace, "deployment/"+r.Fullname, 8080)
+		addr, stop, err := c.Node.PortForward(ctx, r.Namespace, "deployment/"+r.Fullname, 8080)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -65,9 +65,9 @@ func TestChartNetworkPolicies(t *testing.T) {
 	c := sharedCluster(t)
 	// As a user would: the API server's real address and port replace the
 	// kind address of ci/.
-	_, port, _ := strings.Cut(strings.TrimPrefix(c.node.URL, "https://"), ":")
+	_, port, _ := strings.Cut(strings.TrimPrefix(c.Node.URL, "https://"), ":")
 	r := c.installChart(t, installOptions{Name: "netpol", CIValues: []string{"networkpolicy-values.yaml"}, LocalVolumes: true,
-		Set: []string{"networkPolicy.apiServer.peers[0].ipBlock.cidr=" + c.node.IP + "/32", "networkPolicy.apiServer.ports={" + port + "}"}})
+		Set: []string{"networkPolicy.apiServer.peers[0].ipBlock.cidr=" + c.Node.IP + "/32", "networkPolicy.apiServer.ports={" + port + "}"}})
 	r.waitReady(t, true)
 	t.Run("helm test", r.helmTest)
 	t.Run("the webhook renews its leader Lease", func(t *testing.T) { r.checkLeaderRenews(t) })
@@ -78,7 +78,7 @@ func TestChartNetworkPolicies(t *testing.T) {
 		w.waitGateOpen(t, c)
 	})
 	t.Run("refusals", func(t *testing.T) {
-		if reason := c.node.NetworkPoliciesUnenforced; reason != "" {
+		if reason := c.Node.NetworkPoliciesUnenforced; reason != "" {
 			t.Skip("NetworkPolicies are not enforced on this node: " + reason)
 		}
 		r.checkRefusals(t)
@@ -148,7 +148,7 @@ func (r *release) checkLeaderRenews(t *testing.T) {
 	first := ""
 	r.c.timed(t, "leader Lease renewed", func(ctx context.Context) error {
 		return r.c.poll(ctx, func() (bool, string, error) {
-			out, err := r.c.node.Kubectl(ctx, "-n", r.Namespace, "get", "lease", lease, "-o", "jsonpath={.spec.holderIdentity} {.spec.renewTime}")
+			out, err := r.c.Node.Kubectl(ctx, "-n", r.Namespace, "get", "lease", lease, "-o", "jsonpath={.spec.holderIdentity} {.spec.renewTime}")
 			if err != nil {
 				return false, err.Error(), nil
 			}

@@ -58,7 +58,7 @@ func (w workload) applyPods(t *testing.T, c *cluster) {
 	manifest := writeManifest(t, w.podsManifest())
 	c.timed(t, fmt.Sprintf("%d pods created", w.Replicas), func(ctx context.Context) error {
 		return c.poll(ctx, func() (bool, string, error) {
-			out, err := c.node.Kubectl(ctx, "-n", w.Namespace, "apply", "-f", manifest)
+			out, err := c.Node.Kubectl(ctx, "-n", w.Namespace, "apply", "-f", manifest)
 			return err == nil, fmt.Sprintf("kubectl apply: %v\n%s", err, out), nil
 		})
 	})
@@ -90,7 +90,7 @@ func writeManifest(t *testing.T, obj any) string {
 // pods lists the workload's pods (sorted by name) and those of them with a
 // container running.
 func (w workload) pods(ctx context.Context, c *cluster) (running, all []string, err error) {
-	out, err := c.node.Kubectl(ctx, "-n", w.Namespace, "get", "pods", "-l", "app="+w.Name, "-o", "json")
+	out, err := c.Node.Kubectl(ctx, "-n", w.Namespace, "get", "pods", "-l", "app="+w.Name, "-o", "json")
 	if err != nil {
 		return nil, nil, err
 	}
@@ -127,7 +127,7 @@ func (w workload) fullDenial() string {
 // denials counts the FailedCreate events of the namespace's ReplicaSets
 // whose message contains want.
 func (w workload) denials(ctx context.Context, c *cluster, want string) (int, error) {
-	out, err := c.node.Kubectl(ctx, "-n", w.Namespace, "get", "events", "--field-selector", "reason=FailedCreate,involvedObject.kind=ReplicaSet", "-o", "json")
+	out, err := c.Node.Kubectl(ctx, "-n", w.Namespace, "get", "events", "--field-selector", "reason=FailedCreate,involvedObject.kind=ReplicaSet", "-o", "json")
 	if err != nil {
 		return 0, err
 	}
@@ -195,7 +195,7 @@ func (w workload) waitDenials(t *testing.T, c *cluster, running []string, want s
 			}
 			if time.Since(touched) >= 10*time.Second {
 				touched = time.Now()
-				if out, err := c.node.Kubectl(ctx, "-n", w.Namespace, "annotate", "replicasets", "-l", "app="+w.Name, "--overwrite",
+				if out, err := c.Node.Kubectl(ctx, "-n", w.Namespace, "annotate", "replicasets", "-l", "app="+w.Name, "--overwrite",
 					fmt.Sprintf("pmph.invalid/touched=%d", touched.UnixNano())); err != nil {
 					return false, fmt.Sprintf("touching the ReplicaSets: %v: %s", err, out), nil
 				}
@@ -298,7 +298,7 @@ func (w workload) waitGateOpen(t *testing.T, c *cluster) {
 	t.Helper()
 	c.timed(t, fmt.Sprintf("%d app containers running behind their sidecar", w.Size), func(ctx context.Context) error {
 		return c.poll(ctx, func() (bool, string, error) {
-			out, err := c.node.Kubectl(ctx, "-n", w.Namespace, "get", "pods", "-l", "app="+w.Name, "-o", "json")
+			out, err := c.Node.Kubectl(ctx, "-n", w.Namespace, "get", "pods", "-l", "app="+w.Name, "-o", "json")
 			if err != nil {
 				return false, err.Error(), nil
 			}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/images"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/kubetest"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/registry"
 )
 
 // certValidity is the lifetime of a release's serving certificate: longer
@@ -69,11 +70,17 @@ func (c *Cluster) CreateTLSSecret(ctx context.Context, r Release) error {
 // chart from the registry, its ci/ values, cert-manager off and the serving
 // certificate from TLSSecret, then r.Set.
 func (c *Cluster) InstallArgs(r Release) ([]string, error) {
+	return c.HelmArgs("install", c.Chart, r)
+}
+
+// HelmArgs are InstallArgs for another verb (upgrade) and chart (an earlier
+// release's, pushed to the same registry).
+func (c *Cluster) HelmArgs(verb string, chart registry.Chart, r Release) ([]string, error) {
 	root, err := kubetest.RepoRoot()
 	if err != nil {
 		return nil, err
 	}
-	args := []string{"install", r.Name, c.Chart.URL, "--version", c.Chart.Version, "--plain-http",
+	args := []string{verb, r.Name, chart.URL, "--version", chart.Version, "--plain-http",
 		"--namespace", r.Namespace, "--kubeconfig", c.Node.KubeconfigPath}
 	for _, f := range r.CIValues {
 		args = append(args, "-f", filepath.Join(root, images.ChartDir, "ci", f))
