@@ -700,6 +700,8 @@ func TestRedisStatefulSet(t *testing.T) {
 		{"persistence off, 2h3m4s", renderOpts{values: "redis: {persistence: {enabled: false, startDelay: 2h3m4s}}"}, false, 7384, 30},
 		{"persistence off, 90s", renderOpts{values: "redis: {persistence: {enabled: false, startDelay: 90s}}"}, false, 90, 30},
 		{"lease TTL 1m30s", renderOpts{values: "webhook: {leaseTTL: 1m30s}\nredis: {persistence: {size: 5Gi, storageClass: fast}}"}, true, -1, 90},
+		{"lease TTL 1.5m", renderOpts{values: "webhook: {leaseTTL: 1.5m}\nredis: {persistence: {size: 5Gi, storageClass: fast}}"}, true, -1, 90},
+		{"lease TTL 45500ms, rounded up", renderOpts{values: "webhook: {leaseTTL: 45500ms}\nredis: {persistence: {size: 5Gi, storageClass: fast}}"}, true, -1, 46},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

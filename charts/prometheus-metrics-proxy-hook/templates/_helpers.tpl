@@ -161,16 +161,15 @@ redis-password
 {{- join "," $ports -}}
 {{- end -}}
 
-{{/* Go duration of integer hours, minutes and seconds (e.g. 1h1m) in seconds. */}}
+{{/* A Go duration (1h1m, 1.5m, 500ms) in whole seconds, rounded up. */}}
 {{- define "pmph.durationSeconds" -}}
-{{- $total := 0 -}}
-{{- range $part := regexFindAll "[0-9]+[hms]" . -1 -}}
-{{- $n := int (trimSuffix "h" (trimSuffix "m" (trimSuffix "s" $part))) -}}
-{{- if hasSuffix "h" $part -}}{{- $total = add $total (mul $n 3600) -}}
-{{- else if hasSuffix "m" $part -}}{{- $total = add $total (mul $n 60) -}}
-{{- else -}}{{- $total = add $total $n -}}{{- end -}}
+{{- $scale := dict "h" 3600.0 "m" 60.0 "s" 1.0 "ms" 0.001 "us" 0.000001 "µs" 0.000001 "ns" 0.000000001 -}}
+{{- $total := 0.0 -}}
+{{- range $part := regexFindAll "[0-9]+(\\.[0-9]+)?(ns|us|µs|ms|h|m|s)" . -1 -}}
+{{- $unit := regexFind "(ns|us|µs|ms|h|m|s)$" $part -}}
+{{- $total = addf $total (mulf (float64 (trimSuffix $unit $part)) (get $scale $unit)) -}}
 {{- end -}}
-{{- $total -}}
+{{- int (ceil $total) -}}
 {{- end -}}
 
 {{/* Serving certificate names and the webhook Service's DNS names. */}}
