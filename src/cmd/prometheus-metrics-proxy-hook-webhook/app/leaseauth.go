@@ -53,8 +53,12 @@ func leaseAuth(c *Config, lc *leaseserver.Config, kube *Kube, sem *semaphore.Cli
 	return nil
 }
 
-// recordlessLeases tells a lease granted by a release before lease records
-// (and tokens) existed: it is held and has no record.
+// recordlessLeases tells which leases a request without a token may renew
+// or release: one granted by a release before lease records (and tokens)
+// existed, held and without a record, and one that is not held at all, so
+// that a previous release's sidecar whose lease was lost hears that it was
+// lost (the semaphore answers so and changes nothing) instead of being
+// refused for its missing token forever.
 type recordlessLeases struct{ sem *semaphore.Client }
 
 func (r recordlessLeases) IsLegacy(ctx context.Context, l leaseapi.Lease) (bool, error) {
@@ -67,5 +71,5 @@ func (r recordlessLeases) IsLegacy(ctx context.Context, l leaseapi.Lease) (bool,
 			return h.Record == nil, nil
 		}
 	}
-	return false, nil
+	return true, nil
 }
