@@ -59,7 +59,7 @@ test: lint $(TEST_TARGETS)
 
 .PHONY: test-go
 test-go: apt-deps $(TEST_DEPS)
-	$(GO) test -race -count=1 -timeout 30m ./...
+	$(GO) test -race -count=1 -timeout 60m ./...
 
 # The micro-benchmarks, the load scenarios against the webhook and a no-op
 # floor, memory and binary size; rewrites the figures in docs/performance.md
