@@ -1,6 +1,8 @@
 package node
 
 import (
+	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,10 +12,15 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/countingapp"
 )
 
-// These tests need no node: they check the parsing the final-scrape test
-// relies on.
+// These tests need no node: they check the manifests and the parsing the
+// node tests rely on.
 
 func TestFinalLine(t *testing.T) {
 	for _, tc := range []struct {
@@ -123,5 +130,46 @@ func TestFinalScrapeRunFromEnv(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestWorkloadManifests(t *testing.T) {
+	w := workload{Name: "counter", Namespace: "ns", Key: "k", Size: 3, Replicas: 3, ScrapeInterval: "15s", Tick: 100 * time.Millisecond}
+	dep, err := json.Marshal(w.manifest())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d appsv1.Deployment
+	if err := json.Unmarshal(dep, &d); err != nil {
+		t.Fatal(err)
+	}
+	if d.Kind != "Deployment" || d.APIVersion != "apps/v1" || *d.Spec.Replicas != 3 ||
+		d.Spec.Selector.MatchLabels["app"] != "counter" || d.Spec.Template.Labels["app"] != "counter" {
+		t.Errorf("the Deployment is %s", dep)
+	}
+	pods, err := json.Marshal(w.podsManifest())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list struct {
+		Kind  string       `json:"kind"`
+		Items []corev1.Pod `json:"items"`
+	}
+	if err := json.Unmarshal(pods, &list); err != nil {
+		t.Fatal(err)
+	}
+	if list.Kind != "List" || len(list.Items) != 3 {
+		t.Fatalf("the pod list is %s", pods)
+	}
+	for i, p := range list.Items {
+		a := p.Annotations
+		if p.Kind != "Pod" || p.Name != fmt.Sprintf("counter-%d", i) || a[prefix+"prometheus-metrics-proxy"] != "true" ||
+			a[prefix+"scrape-interval"] != "15s" || a["prometheus.io/scrape"] != "true" || a["prometheus.io/port"] != "8080" {
+			t.Errorf("pod %d is %+v", i, p.ObjectMeta)
+		}
+		env := p.Spec.Containers[0].Env
+		if len(env) != 1 || env[0].Name != countingapp.EnvTick || env[0].Value != "100ms" {
+			t.Errorf("pod %d's app environment is %v, want only the tick", i, env)
+		}
 	}
 }
