@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -106,16 +105,11 @@ func checkHandovers(t *testing.T, c *cluster, ns string, native bool) {
 		return len(started(cs, "standby-")) == 1 && allExited, describe(cs)
 	})
 	conc := reportConcurrency(t, rec, 1, native, fmt.Sprintf("apps draining %s, a rollout restart and a scale-down", drain))
+	// Regular mode holds here too (docs/sidecar.md): the sidecar keeps the
+	// slot until the app stops answering its metrics endpoint, which this
+	// app does only as it exits.
 	if conc.Max <= 1 {
 		return
-	}
-	if !native {
-		// docs/sidecar.md promises for regular mode that the slot is kept
-		// until the app stops answering its metrics endpoint, which this
-		// app does only as it exits; on the node the sidecar takes its
-		// first fetch after SIGTERM, refused, as the app's exit and gives
-		// the slot back at once.
-		knownBug(t, "a regular-container sidecar gives the slot back at its SIGTERM on the node, while the app still drains")
 	}
 	t.Errorf("%d app containers ran at once on a semaphore of size 1 (%v), for %s in total", conc.Max, conc.AtMax, conc.Over)
 }
@@ -209,15 +203,6 @@ func reportConcurrency(t *testing.T, rec *cri.Recorder, size int, native bool, w
 	t.Logf("%s mode, %s, semaphore of size %d: at most %d app containers ran at once (first at %s: %v), more than %d for %s in total; handovers (next StartedAt - previous FinishedAt): %s",
 		modeName(native), what, size, conc.Max, conc.MaxAt.Format(time.RFC3339Nano), conc.AtMax, size, conc.Over, strings.Join(handovers, "; "))
 	return conc
-}
-
-// knownBug skips the rest of t unless PMPH_RUN_KNOWN_BUGS=1, as e2e/reliability
-// does for reported bugs that are not fixed yet.
-func knownBug(t *testing.T, bug string) {
-	t.Helper()
-	if os.Getenv("PMPH_RUN_KNOWN_BUGS") != "1" {
-		t.Skipf("known bug, reported and not fixed yet: %s (PMPH_RUN_KNOWN_BUGS=1 runs it)", bug)
-	}
 }
 
 func modeName(native bool) string {
