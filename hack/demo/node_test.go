@@ -86,8 +86,9 @@ func TestDemoNode(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "The demo is stopped") {
 		t.Fatalf("demo down exited %d:\n%s", code, out)
 	}
-	if err := kubenode.Holder(); err != nil {
-		t.Errorf("after down the machine's node is still held: %v", err)
+	// Another test's node may take the machine at once.
+	if err := kubenode.Holder(); errors.As(err, &busy) && busy.Owner == owner {
+		t.Errorf("after down the demo's node still holds the machine: %v", err)
 	}
 	if _, err := os.Stat(tmp); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("down left the node's working directory %s (%v)", tmp, err)

@@ -250,6 +250,7 @@ func (w *nodeWalk) badAnnotation() error {
 	w.section("A bad annotation is refused with a message that says why")
 	path, err := w.manifest("bad.yaml", podYAML("bad", [][2]string{
 		{admission.AnnotationOptIn, "true"},
+		{admission.AnnotationPort, strconv.Itoa(images.MetricsAppPort)},
 		{admission.AnnotationSemaphoreKey, workersKey},
 		{admission.AnnotationSemaphoreSize, "0"},
 	}))
