@@ -70,7 +70,7 @@ func goProgramImage(ctx context.Context, opts Options, name, pkg, path string, c
 		return nil, err
 	}
 	cfg.Entrypoint = []string{path}
-	cfg.Env = []string{DefaultPath}
+	cfg.Env = append([]string{DefaultPath}, cfg.Env...)
 	return assemble(root, dir, "", cfg)
 }
 

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -31,10 +32,13 @@ func TestImageConfigs(t *testing.T) {
 		ref        string
 		entrypoint []string
 		user       string
+		// env must be in the image's environment, with PATH.
+		env []string
 	}{
-		{images.NamePause, images.PauseRef, []string{"/pause"}, "65535:65535"},
-		{images.NameMetricsApp, images.MetricsAppRef, []string{"/metrics-app"}, "65532:65532"},
-		{images.NameBusybox, images.BusyboxRef, nil, "65534:65534"},
+		{images.NamePause, images.PauseRef, []string{"/pause"}, "65535:65535", nil},
+		{images.NameMetricsApp, images.MetricsAppRef, []string{"/metrics-app"}, "65532:65532",
+			[]string{fmt.Sprintf("%s=:%d", countingapp.EnvListen, images.MetricsAppPort), countingapp.EnvTick + "=1s", countingapp.EnvDrain + "=5s"}},
+		{images.NameBusybox, images.BusyboxRef, nil, "65534:65534", nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -48,6 +52,11 @@ func TestImageConfigs(t *testing.T) {
 			}
 			if cfg.Config.User != tt.user {
 				t.Errorf("user %q, want %q", cfg.Config.User, tt.user)
+			}
+			for _, kv := range append([]string{images.DefaultPath}, tt.env...) {
+				if !slices.Contains(cfg.Config.Env, kv) {
+					t.Errorf("environment %q lacks %q", cfg.Config.Env, kv)
+				}
 			}
 		})
 	}
