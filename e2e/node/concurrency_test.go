@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -39,8 +38,8 @@ func TestAppConcurrencyNative(t *testing.T) {
 // TestAppConcurrencyRegular measures the same with the sidecar as a regular
 // container, where the docs promise less (docs/sidecar.md, injection modes):
 // the app is not held back at start, and the slot is kept until the app
-// stops answering its metrics endpoint. The check of the second is a known
-// bug until it is measured with a reachable app (docs/reliability.md).
+// stops answering its metrics endpoint, so handovers of an app that answers
+// until it exits must not overlap either.
 func TestAppConcurrencyRegular(t *testing.T) {
 	checkAppConcurrency(t, false)
 }
@@ -102,18 +101,12 @@ func checkHandovers(t *testing.T, c *cluster, ns string, native bool) {
 		return len(started(cs, "standby-")) == 1 && allExited, describe(cs)
 	})
 	conc := reportConcurrency(t, rec, 1, native, fmt.Sprintf("apps draining %s, a rollout restart and a scale-down", drain))
-	if conc.Max <= 1 {
-		return
+	// Regular mode too: docs/sidecar.md promises that its sidecar keeps
+	// the slot until the app stops answering its metrics endpoint, which
+	// this app does only as it exits.
+	if conc.Max > 1 {
+		t.Errorf("%d app containers ran at once on a semaphore of size 1 (%v), for %s in total", conc.Max, conc.AtMax, conc.Over)
 	}
-	if !native {
-		// docs/sidecar.md promises for regular mode that the slot is kept
-		// until the app stops answering its metrics endpoint, which this
-		// app does only as it exits. Measured so far only with an image
-		// whose app was unreachable (docs/reliability.md); kept as a
-		// known bug until measured again.
-		knownBug(t, "a regular-container sidecar gave the slot back while the app still drained (measured with an unreachable app)")
-	}
-	t.Errorf("%d app containers ran at once on a semaphore of size 1 (%v), for %s in total", conc.Max, conc.AtMax, conc.Over)
 }
 
 // checkLateStart keeps a pod Pending (a scheduling gate) past its startup
@@ -205,15 +198,6 @@ func reportConcurrency(t *testing.T, rec *cri.Recorder, size int, native bool, w
 	t.Logf("%s mode, %s, semaphore of size %d: at most %d app containers ran at once (first at %s: %v), more than %d for %s in total; handovers (next StartedAt - previous FinishedAt): %s",
 		modeName(native), what, size, conc.Max, conc.MaxAt.Format(time.RFC3339Nano), conc.AtMax, size, conc.Over, strings.Join(handovers, "; "))
 	return conc
-}
-
-// knownBug skips the rest of t unless PMPH_RUN_KNOWN_BUGS=1, as e2e/reliability
-// does for reported bugs that are not fixed yet.
-func knownBug(t *testing.T, bug string) {
-	t.Helper()
-	if os.Getenv("PMPH_RUN_KNOWN_BUGS") != "1" {
-		t.Skipf("known bug, reported and not fixed yet: %s (PMPH_RUN_KNOWN_BUGS=1 runs it)", bug)
-	}
 }
 
 func modeName(native bool) string {
