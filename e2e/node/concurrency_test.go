@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -10,7 +9,6 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/admission"
@@ -269,21 +267,8 @@ func (c *cluster) waitPod(t *testing.T, ns, app string) string {
 // startupProbeFailures counts the kubelet's events for failed startup
 // probes of a pod.
 func (c *cluster) startupProbeFailures(ctx context.Context, ns, pod string) (int, error) {
-	out, err := c.Node.Kubectl(ctx, "-n", ns, "get", "events", "--field-selector", "reason=Unhealthy,involvedObject.name="+pod, "-o", "json")
-	if err != nil {
-		return 0, err
-	}
-	var list corev1.EventList
-	if err := json.Unmarshal(out, &list); err != nil {
-		return 0, fmt.Errorf("decoding the event list: %w", err)
-	}
-	n := 0
-	for _, ev := range list.Items {
-		if strings.HasPrefix(ev.Message, "Startup probe failed") {
-			n += max(int(ev.Count), 1)
-		}
-	}
-	return n, nil
+	return c.countEvents(ctx, ns, "reason=Unhealthy,involvedObject.name="+pod,
+		func(message string) bool { return strings.HasPrefix(message, "Startup probe failed") })
 }
 
 // of returns the recorded containers of one pod.

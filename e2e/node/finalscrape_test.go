@@ -3,7 +3,6 @@ package node
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"strconv"
@@ -277,7 +276,7 @@ func waitAppsRunning(t *testing.T, c *cluster, w workload) []runningPod {
 	var pods []runningPod
 	c.timed(t, fmt.Sprintf("%d apps running", w.Replicas), func(ctx context.Context) error {
 		return c.poll(ctx, func() (bool, string, error) {
-			list, err := podList(ctx, c, w)
+			list, err := w.podList(ctx, c)
 			if err != nil {
 				return false, err.Error(), nil
 			}
@@ -304,18 +303,6 @@ func gracePeriod(spec corev1.PodSpec) time.Duration {
 		return 0
 	}
 	return time.Duration(*spec.TerminationGracePeriodSeconds) * time.Second
-}
-
-func podList(ctx context.Context, c *cluster, w workload) (corev1.PodList, error) {
-	var list corev1.PodList
-	out, err := c.Node.Kubectl(ctx, "-n", w.Namespace, "get", "pods", "-l", "app="+w.Name, "-o", "json")
-	if err != nil {
-		return list, err
-	}
-	if err := json.Unmarshal(out, &list); err != nil {
-		return list, fmt.Errorf("decoding the pod list: %w", err)
-	}
-	return list, nil
 }
 
 // openAppLogs opens each app container's log file while the pod runs: the
@@ -376,7 +363,7 @@ func waitPodsGone(t *testing.T, c *cluster, w workload, bound time.Duration) map
 	ctx, cancel := context.WithTimeout(t.Context(), bound)
 	defer cancel()
 	err := c.poll(ctx, func() (bool, string, error) {
-		list, err := podList(ctx, c, w)
+		list, err := w.podList(ctx, c)
 		if err != nil {
 			return false, err.Error(), nil
 		}

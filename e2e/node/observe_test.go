@@ -62,16 +62,10 @@ func (r *release) leases(ctx context.Context, name string, size int) ([]semaphor
 
 // pods lists the release's pods of one component (webhook, redis).
 func (r *release) pods(ctx context.Context, component string) ([]corev1.Pod, error) {
-	out, err := r.c.Node.Kubectl(ctx, "-n", r.Namespace, "get", "pods", "-o", "json",
-		"-l", "app.kubernetes.io/instance="+r.Name+",app.kubernetes.io/component="+component)
-	if err != nil {
-		return nil, err
-	}
 	var list corev1.PodList
-	if err := json.Unmarshal(out, &list); err != nil {
-		return nil, fmt.Errorf("decoding the %s pods: %w", component, err)
-	}
-	return list.Items, nil
+	err := r.c.getJSON(ctx, &list, "-n", r.Namespace, "pods",
+		"-l", "app.kubernetes.io/instance="+r.Name+",app.kubernetes.io/component="+component)
+	return list.Items, err
 }
 
 // webhookMetrics reads /metrics of every running webhook pod whose image

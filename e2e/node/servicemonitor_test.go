@@ -2,15 +2,12 @@ package node
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
-
-	corev1 "k8s.io/api/core/v1"
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/prometheustest"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/promk8s"
@@ -132,14 +129,12 @@ func checkWebhookTargets(t *testing.T, r *release, targets []prometheustest.Targ
 // webhookPodIPs maps the release's webhook pods to their pod IPs.
 func (r *release) webhookPodIPs(t *testing.T) map[string]string {
 	t.Helper()
-	out := r.c.kubectl(t, "-n", r.Namespace, "get", "pods", "-o", "json",
-		"-l", "app.kubernetes.io/component=webhook,app.kubernetes.io/instance="+r.Name)
-	var list corev1.PodList
-	if err := json.Unmarshal([]byte(out), &list); err != nil {
-		t.Fatalf("decoding the webhook's pods: %v", err)
+	pods, err := r.pods(t.Context(), "webhook")
+	if err != nil {
+		t.Fatal(err)
 	}
 	ips := map[string]string{}
-	for _, p := range list.Items {
+	for _, p := range pods {
 		if p.DeletionTimestamp == nil && p.Status.PodIP != "" {
 			ips[p.Name] = p.Status.PodIP
 		}

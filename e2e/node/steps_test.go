@@ -2,10 +2,13 @@ package node
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
 )
 
 // poll calls check every pollInterval until it says done, returns an error,
@@ -82,6 +85,35 @@ func (c *cluster) waitReplicasReady(t *testing.T, namespace, kind, name string) 
 	if t.Failed() {
 		t.FailNow()
 	}
+}
+
+// getJSON runs `kubectl get ARGS -o json` and decodes the answer into into
+// (a typed list).
+func (c *cluster) getJSON(ctx context.Context, into any, args ...string) error {
+	out, err := c.Node.Kubectl(ctx, append(append([]string{"get"}, args...), "-o", "json")...)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(out, into); err != nil {
+		return fmt.Errorf("decoding kubectl get %s: %w", strings.Join(args, " "), err)
+	}
+	return nil
+}
+
+// countEvents adds up the counts of a namespace's events that the field
+// selector picks and whose message match accepts.
+func (c *cluster) countEvents(ctx context.Context, ns, selector string, match func(message string) bool) (int, error) {
+	var list corev1.EventList
+	if err := c.getJSON(ctx, &list, "-n", ns, "events", "--field-selector", selector); err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, ev := range list.Items {
+		if match(ev.Message) {
+			n += max(int(ev.Count), 1)
+		}
+	}
+	return n, nil
 }
 
 // appNamespace creates a namespace for a test's pods, enforcing the

@@ -378,9 +378,8 @@ func (r *release) waitRollout(t *testing.T) {
 func releaseEvents(t *testing.T, c *cluster, namespace string) int {
 	t.Helper()
 	var list corev1.EventList
-	out := c.kubectl(t, "-n", namespace, "get", "events", "--field-selector", "reason=SemaphoreSlotReleased", "-o", "json")
-	if err := json.Unmarshal([]byte(out), &list); err != nil {
-		t.Fatalf("decoding the events: %v", err)
+	if err := c.getJSON(t.Context(), &list, "-n", namespace, "events", "--field-selector", "reason=SemaphoreSlotReleased"); err != nil {
+		t.Fatal(err)
 	}
 	return len(list.Items)
 }

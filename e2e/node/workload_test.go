@@ -87,16 +87,19 @@ func writeManifest(t *testing.T, obj any) string {
 	return manifest
 }
 
+// podList lists the workload's pods.
+func (w workload) podList(ctx context.Context, c *cluster) (corev1.PodList, error) {
+	var list corev1.PodList
+	err := c.getJSON(ctx, &list, "-n", w.Namespace, "pods", "-l", "app="+w.Name)
+	return list, err
+}
+
 // pods lists the workload's pods (sorted by name) and those of them with a
 // container running.
 func (w workload) pods(ctx context.Context, c *cluster) (running, all []string, err error) {
-	out, err := c.Node.Kubectl(ctx, "-n", w.Namespace, "get", "pods", "-l", "app="+w.Name, "-o", "json")
+	list, err := w.podList(ctx, c)
 	if err != nil {
 		return nil, nil, err
-	}
-	var list corev1.PodList
-	if err := json.Unmarshal(out, &list); err != nil {
-		return nil, nil, fmt.Errorf("decoding the pod list: %w", err)
 	}
 	for _, p := range list.Items {
 		all = append(all, p.Name)
@@ -127,21 +130,8 @@ func (w workload) fullDenial() string {
 // denials counts the FailedCreate events of the namespace's ReplicaSets
 // whose message contains want.
 func (w workload) denials(ctx context.Context, c *cluster, want string) (int, error) {
-	out, err := c.Node.Kubectl(ctx, "-n", w.Namespace, "get", "events", "--field-selector", "reason=FailedCreate,involvedObject.kind=ReplicaSet", "-o", "json")
-	if err != nil {
-		return 0, err
-	}
-	var list corev1.EventList
-	if err := json.Unmarshal(out, &list); err != nil {
-		return 0, fmt.Errorf("decoding the event list: %w", err)
-	}
-	n := 0
-	for _, ev := range list.Items {
-		if strings.Contains(ev.Message, want) {
-			n += max(int(ev.Count), 1)
-		}
-	}
-	return n, nil
+	return c.countEvents(ctx, w.Namespace, "reason=FailedCreate,involvedObject.kind=ReplicaSet",
+		func(message string) bool { return strings.Contains(message, want) })
 }
 
 // waitRunning waits until exactly Size pods run, failing if more ever do,
@@ -298,13 +288,9 @@ func (w workload) waitGateOpen(t *testing.T, c *cluster) {
 	t.Helper()
 	c.timed(t, fmt.Sprintf("%d app containers running behind their sidecar", w.Size), func(ctx context.Context) error {
 		return c.poll(ctx, func() (bool, string, error) {
-			out, err := c.Node.Kubectl(ctx, "-n", w.Namespace, "get", "pods", "-l", "app="+w.Name, "-o", "json")
+			list, err := w.podList(ctx, c)
 			if err != nil {
 				return false, err.Error(), nil
-			}
-			var list corev1.PodList
-			if err := json.Unmarshal(out, &list); err != nil {
-				return false, "", fmt.Errorf("decoding the pod list: %w", err)
 			}
 			var gated []string
 			for _, p := range list.Items {
