@@ -18,56 +18,78 @@ import (
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/webhooktest"
 )
 
-// TestDemo runs the demo as `make demo` and `make demo-down` do, against a
-// state directory of its own: the walkthrough succeeds and shows what it
-// promises, a second `up` reuses the running environment, `down` leaves no
-// process and no etcd data behind, and so does a daemon that is killed.
-func TestDemo(t *testing.T) {
-	if testing.Short() {
-		t.Skip("the demo starts a control plane; skipped with -short")
-	}
-	bin := buildDemo(t)
-	webhook, sidecar := webhooktest.Binary(t), sidecartest.Binary(t)
-	state := t.TempDir()
+// demoRunner runs the demo's command against a state directory of its own,
+// with the flags `make demo` passes and extra ones.
+type demoRunner struct {
+	bin, state, root string
+	flags            []string
+}
+
+func newDemoRunner(t *testing.T, flags ...string) *demoRunner {
+	t.Helper()
 	root, err := filepath.Abs(filepath.Join("..", ".."))
 	if err != nil {
 		t.Fatal(err)
 	}
-	demoCtx := func(parent context.Context, t *testing.T, timeout time.Duration, args ...string) (string, int) {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(parent, timeout)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, bin, append(args, "--state-dir", state, "--root", root, "--webhook-binary", webhook, "--sidecar-binary", sidecar)...)
-		cmd.Dir = root
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		out, err := cmd.CombinedOutput()
-		var ee *exec.ExitError
-		switch {
-		case err == nil:
-			return string(out), 0
-		case errors.As(err, &ee) && ee.ExitCode() > 0:
-			return string(out), ee.ExitCode()
-		}
-		t.Errorf("demo %v: %v\n%s", args, err, out)
-		return string(out), -1
-	}
-	demo := func(t *testing.T, timeout time.Duration, args ...string) (string, int) {
-		t.Helper()
-		return demoCtx(t.Context(), t, timeout, args...)
-	}
+	d := &demoRunner{bin: buildDemo(t), state: t.TempDir(), root: root, flags: flags}
 	// Whatever happens, nothing of the demo outlives the test.
 	t.Cleanup(func() {
 		// t.Context() is already cancelled when clean-ups run.
-		if out, code := demoCtx(context.Background(), t, 3*time.Minute, "down"); code != 0 {
+		if out, code := d.runCtx(context.Background(), t, 5*time.Minute, "down"); code != 0 {
 			t.Errorf("demo down in the clean-up exited %d:\n%s", code, out)
 		}
 	})
+	return d
+}
+
+// run runs `demo CMD` and returns its output and exit code.
+func (d *demoRunner) run(t *testing.T, timeout time.Duration, cmd string) (string, int) {
+	t.Helper()
+	return d.runCtx(t.Context(), t, timeout, cmd)
+}
+
+func (d *demoRunner) runCtx(parent context.Context, t *testing.T, timeout time.Duration, sub string) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(parent, timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, d.bin, append([]string{sub, "--state-dir", d.state, "--root", d.root}, d.flags...)...)
+	cmd.Dir = d.root
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return string(out), 0
+	case errors.As(err, &ee) && ee.ExitCode() > 0:
+		return string(out), ee.ExitCode()
+	}
+	t.Errorf("demo %s: %v\n%s", sub, err, out)
+	return string(out), -1
+}
+
+// TestDemo runs the demo's control-plane walkthrough (what `make demo`
+// falls back to where the node cannot run) as `make demo` and
+// `make demo-down` do, against a state directory of its own: the
+// walkthrough succeeds and shows what it promises, a second `up` reuses the
+// running environment, `down` leaves no process and no etcd data behind,
+// and so does a daemon that is killed.
+func TestDemo(t *testing.T) {
+	if testing.Short() {
+		t.Skip("the demo starts a control plane; skipped with -short")
+	}
+	d := newDemoRunner(t, "--webhook-binary", webhooktest.Binary(t), "--sidecar-binary", sidecartest.Binary(t), "--mode", modeControlPlane)
+	state := d.state
+	demo := func(t *testing.T, timeout time.Duration, args ...string) (string, int) {
+		t.Helper()
+		return d.run(t, timeout, args[0])
+	}
 
 	out, code := demo(t, 10*time.Minute, "up")
 	if code != 0 {
 		t.Fatalf("demo up exited %d:\n%s\ndaemon log:\n%s", code, out, localproc.LogTail(filepath.Join(state, "daemon.log"), 40, "\n"))
 	}
 	for _, want := range []string{
+		"--mode control-plane: running the walkthrough without a node.",
 		"the demo environment is ready",
 		`denied the request: semaphore "demo-1/workers" is full (2/2 slots held); its slots are held by pod worker-`,
 		"the pod will be created when a slot frees up",
@@ -168,6 +190,12 @@ func readPid(t *testing.T, dir string) int {
 // sweep finds them.
 func demoProcesses(t *testing.T, dir string) []int {
 	t.Helper()
+	return processes(t, func(pid int) bool { return isDemoProcess(pid, dir) })
+}
+
+// processes lists the processes for which match is true.
+func processes(t *testing.T, match func(pid int) bool) []int {
+	t.Helper()
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		t.Fatal(err)
@@ -175,10 +203,10 @@ func demoProcesses(t *testing.T, dir string) []int {
 	var out []int
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
+		if err != nil || pid == os.Getpid() {
 			continue
 		}
-		if isDemoProcess(pid, dir) {
+		if match(pid) {
 			out = append(out, pid)
 		}
 	}

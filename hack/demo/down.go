@@ -9,13 +9,16 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/kubenode"
 )
 
 const (
 	// downGrace is how long the daemon gets to stop everything after
 	// SIGTERM: the webhook drains for up to 10 s, each control plane
-	// process gets 10 s before SIGKILL.
-	downGrace = 90 * time.Second
+	// process gets 10 s before SIGKILL, and so does each of the node's,
+	// whose pods are killed and swept after.
+	downGrace = 3 * time.Minute
 	// killWait bounds the wait after SIGKILL.
 	killWait = 15 * time.Second
 )
@@ -28,6 +31,9 @@ var ours = map[string]bool{
 	// Debian's redis-server is a symlink to redis-check-rdb, which is what
 	// /proc/PID/exe names.
 	"redis-check-rdb": true,
+	// The node's mode: the OCI registry (kubenode.SweepAfter finds the
+	// node's own processes by their environment).
+	"registry": true,
 }
 
 // down stops the daemon (which stops everything it started) and makes sure
@@ -40,6 +46,7 @@ func down(cfg config) int {
 	}
 	if !running {
 		n := sweep(cfg)
+		sweepNode(cfg)
 		if err := cleanLeftovers(cfg); err != nil {
 			fmt.Fprintf(os.Stderr, "demo: %v\n", err)
 		}
@@ -57,7 +64,11 @@ func down(cfg config) int {
 		fmt.Fprintf(os.Stderr, "demo: a daemon holds %s but its pid is unknown (%v); stop it by hand.\n", cfg.dir.lockFile(), err)
 		return 1
 	}
-	fmt.Printf("Stopping the demo (daemon pid %d): the webhook, 3 Redis nodes, kube-controller-manager, kube-apiserver and etcd...\n", pid)
+	what := "the webhook, 3 Redis nodes, kube-controller-manager, kube-apiserver and etcd"
+	if st, err := cfg.dir.readState(); err == nil && st.Mode == modeNode {
+		what = "the chart's pods, the node (kubelet, containerd, kube-proxy, CoreDNS, kube-network-policies), the control plane and the registry"
+	}
+	fmt.Printf("Stopping the demo (daemon pid %d): %s...\n", pid, what)
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
 		fmt.Fprintf(os.Stderr, "demo: cannot signal the daemon: %v\n", err)
 		return 1
@@ -73,6 +84,7 @@ func down(cfg config) int {
 	if n := sweep(cfg); n > 0 {
 		fmt.Printf("Stopped %d process(es) left behind.\n", n)
 	}
+	sweepNode(cfg)
 	if err := cleanLeftovers(cfg); err != nil {
 		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
 	}
@@ -108,7 +120,7 @@ func sweep(cfg config) int {
 	n := 0
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() || !isDemoProcess(pid, string(cfg.dir)) {
+		if err != nil || pid == os.Getpid() || !isDemoProcess(pid, string(cfg.dir), cfg.dir.nodeTmp()) {
 			continue
 		}
 		exe, _ := os.Readlink(filepath.Join("/proc", e.Name(), "exe"))
@@ -121,8 +133,8 @@ func sweep(cfg config) int {
 }
 
 // isDemoProcess tells whether pid runs one of ours with its working
-// directory or a path on its command line in the state directory.
-func isDemoProcess(pid int, dir string) bool {
+// directory or a path on its command line in one of dirs.
+func isDemoProcess(pid int, dirs ...string) bool {
 	proc := filepath.Join("/proc", strconv.Itoa(pid))
 	exe, err := os.Readlink(filepath.Join(proc, "exe"))
 	if err != nil || !ours[filepath.Base(strings.TrimSuffix(exe, " (deleted)"))] {
@@ -134,24 +146,39 @@ func isDemoProcess(pid int, dir string) bool {
 			return false
 		}
 	}
-	dir += string(os.PathSeparator)
+	return runsIn(pid, dirs...)
+}
+
+// runsIn tells whether pid has its working directory or a path on its
+// command line in one of dirs.
+func runsIn(pid int, dirs ...string) bool {
+	proc := filepath.Join("/proc", strconv.Itoa(pid))
 	cwd, _ := os.Readlink(filepath.Join(proc, "cwd"))
 	cmdline, _ := os.ReadFile(filepath.Join(proc, "cmdline"))
-	return strings.HasPrefix(cwd+string(os.PathSeparator), dir) || strings.Contains(string(cmdline), dir)
+	for _, dir := range dirs {
+		dir += string(os.PathSeparator)
+		if strings.HasPrefix(cwd+string(os.PathSeparator), dir) || strings.Contains(string(cmdline), dir) {
+			return true
+		}
+	}
+	return false
 }
 
 // cleanLeftovers removes what a daemon that was killed (SIGKILL, a crash)
-// could not: the control plane's working directory, and etcd's data
-// directory on tmpfs, whose path only etcd's command line knows, which
-// kubetest writes as the first line of etcd's log.
+// could not: the working directories of the control plane, the node and the
+// registry, and etcd's data directory on tmpfs, whose path only etcd's
+// command line knows, which kubetest writes as the first line of etcd's
+// log. The node's mounts must be gone first (kubenode.SweepAfter).
 func cleanLeftovers(cfg config) error {
 	for _, d := range etcdDataDirs(cfg) {
 		if err := os.RemoveAll(d); err != nil {
 			return fmt.Errorf("cannot remove etcd's data directory %s: %w", d, err)
 		}
 	}
-	if err := os.RemoveAll(cfg.dir.path("tmp")); err != nil {
-		return fmt.Errorf("cannot remove the control plane's working directory: %w", err)
+	for _, d := range cfg.dir.tmpDirs() {
+		if err := os.RemoveAll(d); err != nil {
+			return fmt.Errorf("cannot remove the demo's working directory %s: %w", d, err)
+		}
 	}
 	return nil
 }
@@ -159,7 +186,11 @@ func cleanLeftovers(cfg config) error {
 // etcdDataDirs are the tmpfs directories of the etcd processes the demo
 // started, read from the command lines kubetest writes atop etcd's logs.
 func etcdDataDirs(cfg config) []string {
-	logs, _ := filepath.Glob(cfg.dir.path("tmp", "kubetest-*", "etcd", "etcd.log"))
+	var logs []string
+	for _, d := range cfg.dir.tmpDirs() {
+		found, _ := filepath.Glob(filepath.Join(d, "kubetest-*", "etcd", "etcd.log"))
+		logs = append(logs, found...)
+	}
 	var out []string
 	for _, l := range logs {
 		data, err := os.ReadFile(l)
@@ -176,4 +207,19 @@ func etcdDataDirs(cfg config) []string {
 		}
 	}
 	return out
+}
+
+// sweepNode removes what the demo's node left when its daemon was killed:
+// pods, container shims, mounts, links and iptables chains. A node that
+// another program runs now is not the demo's and is left alone.
+func sweepNode(cfg config) {
+	swept, err := kubenode.SweepAfter(cfg.nodeOwner)
+	var busy *kubenode.BusyError
+	switch {
+	case errors.As(err, &busy):
+	case err != nil:
+		fmt.Fprintf(os.Stderr, "demo: cleaning up after the demo's node: %v\n", err)
+	case swept:
+		fmt.Println("Removed what the demo's node had left behind (pods, container shims, mounts, links, iptables chains).")
+	}
 }

@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"strings"
+
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/images"
 )
 
 // The manifests are written as a user would write them (and shown with
@@ -39,8 +41,30 @@ func podYAML(name string, annotations [][2]string) string {
 		annotationsYAML(annotations, "  ") + "spec:\n" + restrictedPodSpec
 }
 
-func deploymentYAML(name string, replicas int, annotations [][2]string) string {
-	spec := strings.ReplaceAll(restrictedPodSpec, "\n  ", "\n      ")
+// appPodSpec is the pod spec of the app that serves metrics on the node
+// (the metrics-app image, a counter on :8080/metrics), restricted as the
+// chart's users run it.
+var appPodSpec = fmt.Sprintf(`  securityContext:
+    runAsNonRoot: true
+    seccompProfile:
+      type: RuntimeDefault
+  containers:
+    - name: app
+      image: %s
+      ports:
+        - name: metrics
+          containerPort: %d
+      securityContext:
+        allowPrivilegeEscalation: false
+        readOnlyRootFilesystem: true
+        capabilities:
+          drop: [ALL]
+`, images.MetricsAppRef, images.MetricsAppPort)
+
+// deploymentYAML is a Deployment whose pod template has podSpec
+// (restrictedPodSpec or appPodSpec).
+func deploymentYAML(name string, replicas int, annotations [][2]string, podSpec string) string {
+	spec := strings.ReplaceAll(podSpec, "\n  ", "\n      ")
 	return fmt.Sprintf(`apiVersion: apps/v1
 kind: Deployment
 metadata:

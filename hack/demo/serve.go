@@ -63,9 +63,19 @@ func serve(ctx context.Context, cfg config) int {
 	return 0
 }
 
-// runEnvironment starts everything, marks the state ready, waits for ctx
-// and stops everything again (deferred, in reverse order).
+// runEnvironment runs the environment of the daemon's mode until ctx ends.
 func runEnvironment(ctx context.Context, cfg config, st *state, logger *log.Logger) error {
+	st.Mode = cfg.mode
+	if cfg.mode == modeNode {
+		return runNode(ctx, cfg, st, logger)
+	}
+	return runControlPlane(ctx, cfg, st, logger)
+}
+
+// runControlPlane starts the control plane, Redis and the webhook, marks
+// the state ready, waits for ctx and stops everything again (deferred, in
+// reverse order).
+func runControlPlane(ctx context.Context, cfg config, st *state, logger *log.Logger) error {
 	// A fresh environment each time: old Redis data would hold slots of
 	// pods that no longer exist. A killed predecessor may also have left
 	// etcd's data behind.

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -35,6 +37,19 @@ func (d stateDir) logFile() string    { return d.path("daemon.log") }
 func (d stateDir) stateFile() string  { return d.path("state.json") }
 func (d stateDir) kubeconfig() string { return d.path("kubeconfig") }
 
+// nodeTmp is the temporary directory of the node's mode: the node's,
+// the registry's and the control plane's working directories. It lies
+// outside the state directory because the kubelet's and containerd's unix
+// sockets live in it and a socket path has at most 107 bytes; its name
+// comes from the state directory, so that down finds it again.
+func (d stateDir) nodeTmp() string {
+	sum := sha256.Sum256([]byte(d))
+	return filepath.Join(os.TempDir(), "pmph-demo-"+hex.EncodeToString(sum[:4]))
+}
+
+// tmpDirs are the temporary directories of both modes.
+func (d stateDir) tmpDirs() []string { return []string{d.path("tmp"), d.nodeTmp()} }
+
 // state is what the daemon tells the other commands about the environment.
 type state struct {
 	Phase      string    `json:"phase"`
@@ -53,6 +68,18 @@ type state struct {
 	Release          string   `json:"release,omitempty"`
 	ReleaseNamespace string   `json:"releaseNamespace,omitempty"`
 	WebhookConfig    string   `json:"webhookConfig,omitempty"`
+	// Mode is modeNode or modeControlPlane.
+	Mode string `json:"mode,omitempty"`
+	// NodeIP, Registry, Chart and HelmInstall describe the node (modeNode):
+	// the node's address, the registry's host, the chart's oci:// reference
+	// with its version, and the helm install command as it ran.
+	NodeIP      string `json:"nodeIP,omitempty"`
+	Registry    string `json:"registry,omitempty"`
+	Chart       string `json:"chart,omitempty"`
+	HelmInstall string `json:"helmInstall,omitempty"`
+	// NetworkPoliciesUnenforced says why the node does not enforce
+	// NetworkPolicies ("" when it does).
+	NetworkPoliciesUnenforced string `json:"networkPoliciesUnenforced,omitempty"`
 	// Logs maps a component to its log file.
 	Logs map[string]string `json:"logs,omitempty"`
 }

@@ -11,12 +11,15 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/chartnode"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/localproc"
 )
 
 // startTimeout bounds the daemon's start: the control plane is ready in
-// about 15 s on an idle machine, several times that on a busy one.
-const startTimeout = 10 * time.Minute
+// about 15 s on an idle machine, several times that on a busy one; the node
+// adds the image builds (a minute or two with a cold Go build cache), its
+// own start and the chart's pods.
+const defaultStartTimeout = 20 * time.Minute
 
 // up starts the environment in a daemon (or finds the running one), waits
 // until it is ready while showing its progress, and walks through the
@@ -38,8 +41,11 @@ func up(ctx context.Context, cfg config) int {
 		fmt.Fprintln(out, "Walking through the scenarios again in fresh namespaces; `make demo-down` stops it, and a later `make demo` starts a new one.")
 		fmt.Fprintln(out)
 	} else {
-		fmt.Fprintln(out, "Starting the demo environment in the background: etcd, kube-apiserver, kube-controller-manager,")
-		fmt.Fprintln(out, "3 Redis nodes and the webhook, all on loopback, with the chart installed into the API server.")
+		mode, ok := chooseMode(cfg, out)
+		if !ok {
+			return 1
+		}
+		cfg.mode = mode
 		fmt.Fprintf(out, "Its log: %s\n\n", rel(cfg.dir.logFile()))
 		code, err := spawnDaemon(ctx, cfg, out)
 		switch {
@@ -62,7 +68,11 @@ func up(ctx context.Context, cfg config) int {
 		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
 		return 1
 	}
-	if err := walkthrough(ctx, cfg, st, out); err != nil {
+	walk := walkthrough
+	if st.Mode == modeNode {
+		walk = nodeWalkthrough
+	}
+	if err := walk(ctx, cfg, st, out); err != nil {
 		if ctx.Err() != nil {
 			interrupted(out, cfg)
 			return 130
@@ -101,7 +111,8 @@ func spawnDaemon(ctx context.Context, cfg config, out io.Writer) (int, error) {
 		return 0, fmt.Errorf("cannot create the daemon's log: %w", err)
 	}
 	defer logFile.Close()
-	cmd := exec.Command(self, "serve", "--state-dir", string(cfg.dir), "--root", cfg.root, "--webhook-binary", cfg.webhookBinary, "--sidecar-binary", cfg.sidecarBinary)
+	cmd := exec.Command(self, "serve", "--state-dir", string(cfg.dir), "--root", cfg.root, "--webhook-binary", cfg.webhookBinary, "--sidecar-binary", cfg.sidecarBinary,
+		"--mode", cfg.mode, "--node-owner", cfg.nodeOwner, "--start-timeout", cfg.startTimeout.String())
 	cmd.Dir = cfg.root
 	// The log file, never a pipe: a `make demo | tee` must not wait for the
 	// daemon to close its output.
@@ -152,7 +163,7 @@ func (e *daemonExited) Error() string {
 // the daemon's log to the terminal and fails when the daemon exits;
 // without, it fails when the daemon's lock is released.
 func waitReady(ctx context.Context, cfg config, w *daemonWatch) (*state, error) {
-	deadline := time.Now().Add(startTimeout)
+	deadline := time.Now().Add(cfg.startTimeout)
 	var shown int64
 	for {
 		if w != nil {
@@ -177,7 +188,7 @@ func waitReady(ctx context.Context, cfg config, w *daemonWatch) (*state, error) 
 			}
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("the demo environment was not ready within %s; see %s", startTimeout, cfg.dir.logFile())
+			return nil, fmt.Errorf("the demo environment was not ready within %s; see %s", cfg.startTimeout, cfg.dir.logFile())
 		}
 		var exited <-chan int
 		if w != nil {
@@ -221,6 +232,13 @@ func copyNew(path string, offset int64, out io.Writer) int64 {
 
 // hints says how to use and stop the environment.
 func hints(out io.Writer, cfg config, st *state) {
+	look := "  kubectl get pods -A\n  kubectl get events -A --field-selector reason=FailedCreate\n"
+	logs := fmt.Sprintf("%s (daemon), %s (webhook)", rel(cfg.dir.logFile()), rel(st.Logs["webhook"]))
+	if st.Mode == modeNode {
+		look = fmt.Sprintf("  kubectl get pods -A -o wide\n  kubectl -n %s logs deployment/%s-%s\n  kubectl get events -A --field-selector reason=FailedCreate\n",
+			st.ReleaseNamespace, st.Release, chartnode.ChartName)
+		logs = fmt.Sprintf("%s (daemon), %s (kubelet)", rel(cfg.dir.logFile()), st.Logs["kubelet"])
+	}
 	fmt.Fprintf(out, `
 
 ━━ The environment keeps running
@@ -229,13 +247,14 @@ Look around with the same kubectl:
 
   export KUBECONFIG=%s
   export PATH=%s:$PATH
-  kubectl get pods -A
-  kubectl get events -A --field-selector reason=FailedCreate
-
+%s
 Kubeconfig: %s
-Logs:       %s (daemon), %s (webhook)
+Logs:       %s
 Stop it:    make demo-down
-`, st.Kubeconfig, toolsBin(cfg), st.Kubeconfig, rel(cfg.dir.logFile()), rel(st.Logs["webhook"]))
+`, st.Kubeconfig, toolsBin(cfg), look, st.Kubeconfig, logs)
+	if st.Mode == modeNode {
+		fmt.Fprintln(out, "\nThe node holds this machine until then: tests that need a node refuse to start while it runs.")
+	}
 }
 
 // rel shortens a path under the working directory for display.

@@ -26,6 +26,10 @@ import (
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/kubetest"
 )
 
+// errGiveUp, wrapped in the error of a wait's check, ends the wait: what
+// it saw can no longer turn into what it waits for.
+var errGiveUp = errors.New("giving up")
+
 // waitTimeout bounds each wait of the walkthrough (a ServiceAccount, an
 // event, a renewal) on a busy machine.
 const waitTimeout = 90 * time.Second
@@ -42,27 +46,39 @@ type walker struct {
 	// gap is set after command output, so that narration that follows it
 	// starts after a blank line.
 	gap bool
+	// onNode waits longer and polls less often: pods pull and start.
+	onNode bool
 }
 
-func walkthrough(ctx context.Context, cfg config, st *state, out io.Writer) error {
+// newWalker starts the next walkthrough: its namespace, manifests and
+// sidecar logs are numbered.
+func newWalker(ctx context.Context, cfg config, st *state, out io.Writer) (*walker, error) {
 	k, err := kubectl.New(st.Kubeconfig)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	n, err := cfg.dir.nextRun()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	w := &walker{
-		ctx: ctx, out: out, k: k, st: st,
+		ctx: ctx, out: out, k: k, st: st, onNode: st.Mode == modeNode,
 		ns:   "demo-" + strconv.Itoa(n),
 		dir:  cfg.dir.path("manifests", strconv.Itoa(n)),
 		logs: cfg.dir.path("sidecars", strconv.Itoa(n)),
 	}
 	for _, d := range []string{w.dir, w.logs} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
-			return err
+			return nil, err
 		}
+	}
+	return w, nil
+}
+
+func walkthrough(ctx context.Context, cfg config, st *state, out io.Writer) error {
+	w, err := newWalker(ctx, cfg, st, out)
+	if err != nil {
+		return err
 	}
 	app, err := startApp()
 	if err != nil {
@@ -373,7 +389,7 @@ func (w *walker) deployment(app *metricsApp) error {
 		{admission.AnnotationPort, strconv.Itoa(app.port)},
 		{admission.AnnotationSemaphoreKey, "batch"},
 		{admission.AnnotationSemaphoreSize, "2"},
-	}))
+	}, restrictedPodSpec))
 	if err != nil {
 		return err
 	}
@@ -506,13 +522,18 @@ func (w *walker) cat(path string) error {
 	return nil
 }
 
-// until polls check until it succeeds, up to waitTimeout.
+// until polls check until it succeeds, up to waitTimeout (nodeWaitTimeout
+// on the node).
 func (w *walker) until(what string, check func() error) error {
-	deadline := time.Now().Add(waitTimeout)
+	timeout, every := waitTimeout, 200*time.Millisecond
+	if w.onNode {
+		timeout, every = nodeWaitTimeout, time.Second
+	}
+	deadline := time.Now().Add(timeout)
 	for {
 		err := check()
-		if err == nil {
-			return nil
+		if err == nil || errors.Is(err, errGiveUp) {
+			return err
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("waiting for %s: %w", what, err)
@@ -520,7 +541,7 @@ func (w *walker) until(what string, check func() error) error {
 		select {
 		case <-w.ctx.Done():
 			return w.ctx.Err()
-		case <-time.After(200 * time.Millisecond):
+		case <-time.After(every):
 		}
 	}
 }

@@ -7,7 +7,7 @@
 // here: each release's serving certificate comes from a throw-away CA
 // (src/testenv/testpki) through the chart's tls.existingSecret.
 //
-// The e2e/node tests run the chart this way; `make demo` is to follow.
+// The e2e/node tests and `make demo` both run the chart this way.
 package chartnode
 
 import (
