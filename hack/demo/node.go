@@ -14,9 +14,12 @@ import (
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/kubenode"
 )
 
-// noPersistence is the chart's values file the demo installs with: nothing
-// provisions volumes on the node, so Redis keeps its data in emptyDirs.
-const noPersistence = "no-persistence-values.yaml"
+// redisVolumes is what the chart's default persistence claims: one volume
+// per Redis pod, of the size values.yaml names.
+const (
+	redisVolumes    = 3
+	redisVolumeSize = "1Gi"
+)
 
 // runNode builds the images, starts the registry and the node, installs the
 // chart from the registry, marks the state ready, waits for ctx and stops
@@ -70,7 +73,13 @@ func runNode(ctx context.Context, cfg config, st *state, logger *log.Logger) err
 		return err
 	}
 
-	r := chartnode.NewRelease(release, noPersistence)
+	r := chartnode.NewRelease(release)
+	// Nothing provisions volumes on the node: the Redis pods' claims bind
+	// to local volumes made ahead, as an administrator would. They go with
+	// the node's directory at down.
+	if _, err := c.Node.CreateLocalVolumes(startCtx, r.Name+"-redis-data", redisVolumes, redisVolumeSize); err != nil {
+		return err
+	}
 	args, err := c.InstallArgs(r)
 	if err != nil {
 		return err

@@ -70,12 +70,13 @@ func (w *nodeWalk) environment() error {
 	fmt.Fprintf(w.out, "$ %s\n\n", w.st.HelmInstall)
 	w.say("What is not as in a cluster: cert-manager does not run, so the webhook's serving certificate comes from a throw-away " +
 		"CA the demo made, given to the chart as tls.existingSecret (and its CA as tls.caBundle). Nothing provisions volumes, so " +
-		"Redis keeps its data in emptyDirs (ci/no-persistence-values.yaml). The Redis image is Debian's redis-server 7.0 under the " +
+		"the Redis pods' claims bind to local PersistentVolumes of the node's default StorageClass that the demo made ahead, " +
+		"in a directory on this machine, as an administrator would. The chart's values are otherwise its defaults. The Redis image is Debian's redis-server 7.0 under the " +
 		"chart's 7.4 tag. No Prometheus runs: the demo scrapes the pods itself, from the node, as a Prometheus would.")
 	if _, err := w.kubectl("get", "nodes", "-o", "wide"); err != nil {
 		return err
 	}
-	if _, err := w.kubectl("-n", w.st.ReleaseNamespace, "get", "deployments,statefulsets,pods", "-o", "wide"); err != nil {
+	if _, err := w.kubectl("-n", w.st.ReleaseNamespace, "get", "deployments,statefulsets,pods,persistentvolumeclaims", "-o", "wide"); err != nil {
 		return err
 	}
 	if _, err := w.kubectl("get", "mutatingwebhookconfigurations", "-o",
@@ -186,32 +187,36 @@ func (w *nodeWalk) termination() error {
 		"and drains for 5 s, and once it has exited the kubelet sends SIGTERM to the sidecar. The sidecar keeps serving the app's " +
 		"last state until its scrapers have taken it, then releases the slot as its very last act. The demo goes on scraping the " +
 		"pod every second meanwhile, as a Prometheus would.")
+	// The log is followed from before the delete: the kubelet removes the
+	// pod moments after the sidecar exits, and a poll would miss its last
+	// lines.
+	follow := w.followSidecarLog(pod.Name)
 	if _, err := w.kubectl("-n", w.ns, "delete", "pod", pod.Name, "--wait=false"); err != nil {
 		return err
 	}
-	var lines []string
 	var final string
-	if err := w.until("the sidecar of "+pod.Name+" releasing its slot", func() error {
+	var logged followed
+	if err := w.until("the sidecar of "+pod.Name+" exiting", func() error {
 		if body, err := get(w.metricsURL(pod)); err == nil {
 			final = body
 		}
-		got, err := w.sidecarLog(pod.Name)
-		if err != nil {
-			if len(lines) > 0 {
-				return nil // the pod is gone, with what its log said last
+		select {
+		case logged = <-follow:
+			if logged.err != nil {
+				return fmt.Errorf("%w: following the sidecar's log: %w", errGiveUp, logged.err)
 			}
-			return err
-		}
-		lines = got
-		if slices.ContainsFunc(lines, func(l string) bool { return strings.Contains(l, "Exiting.") }) {
 			return nil
+		default:
+			return errors.New("the sidecar has not exited yet")
 		}
-		return errors.New("the sidecar has not exited yet")
 	}); err != nil {
 		return err
 	}
-	fmt.Fprintf(w.out, "$ kubectl -n %s logs %s -c %s   # the lines after those shown above\n", w.ns, pod.Name, admission.ContainerName)
-	for _, l := range lines[min(w.logLen, len(lines)):] {
+	if !slices.ContainsFunc(logged.lines, func(l string) bool { return strings.Contains(l, "Exiting.") }) {
+		return fmt.Errorf("the log of %s's sidecar ended without its exit:\n%s", pod.Name, strings.Join(logged.lines, "\n"))
+	}
+	fmt.Fprintf(w.out, "$ kubectl -n %s logs -f %s -c %s   # followed from before the delete; the lines after those shown above\n", w.ns, pod.Name, admission.ContainerName)
+	for _, l := range logged.lines[min(w.logLen, len(logged.lines)):] {
 		fmt.Fprintln(w.out, l)
 	}
 	fmt.Fprintf(w.out, "$ curl %s   # the last scrape answered: the app's state fetched as it exited\n%s", w.metricsURL(pod), indent(final))
@@ -310,6 +315,28 @@ func (w *nodeWalk) sidecarLog(pod string) ([]string, error) {
 		return nil, err
 	}
 	return logLines(res.Stdout), nil
+}
+
+// followed is what `kubectl logs -f` printed until the container exited.
+type followed struct {
+	lines []string
+	err   error
+}
+
+// followSidecarLog follows the sidecar's log of pod until the container
+// exits; the channel gets what it printed.
+func (w *nodeWalk) followSidecarLog(pod string) <-chan followed {
+	ch := make(chan followed, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(w.ctx, nodeWaitTimeout)
+		defer cancel()
+		res, err := w.k.Run(ctx, "", "-n", w.ns, "logs", "-f", pod, "-c", admission.ContainerName)
+		if err == nil {
+			err = res.Err()
+		}
+		ch <- followed{lines: logLines(res.Stdout), err: err}
+	}()
+	return ch
 }
 
 func (w *nodeWalk) metricsURL(pod corev1.Pod) string {

@@ -325,28 +325,23 @@ func (w *walker) sidecar(app *metricsApp) error {
 		return err
 	}
 	fmt.Fprintf(w.out, "# the app drains, the sidecar fetches its metrics meanwhile, the app exits; then:\n$ kill -TERM %d\n", sc.pid())
+	// The demo scrapes as a Prometheus would, until the sidecar exits: a
+	// single fetch after the signal would race the sidecar's exit.
+	scr := startScraping("http://"+addr+"/metrics", 100*time.Millisecond)
 	app.close()
 	if err := sc.signal(syscall.SIGTERM); err != nil {
+		scr.stop()
 		return err
 	}
-	if err := w.until("the sidecar taking the signal", func() error {
-		for _, ev := range events(sc) {
-			if strings.HasPrefix(ev.Message, "Termination signal received") {
-				return nil
-			}
-		}
-		return errors.New("no termination event yet")
-	}); err != nil {
-		return err
-	}
-	body, err = get("http://" + addr + "/metrics")
+	err = sc.wait(waitTimeout)
+	last := scr.stop()
 	if err != nil {
-		return err
-	}
-	fmt.Fprintf(w.out, "$ curl http://%s/metrics   # the final scrape: the app's state fetched just before it exited\n%s", addr, indent(body))
-	if err := sc.wait(waitTimeout); err != nil {
 		return fmt.Errorf("the sidecar did not exit cleanly: %w; log:\n%s", err, sc.logTail(20))
 	}
+	if last == "" {
+		return fmt.Errorf("no scrape of the terminating sidecar was answered; its log:\n%s", sc.logTail(20))
+	}
+	fmt.Fprintf(w.out, "# the demo scraped http://%s/metrics every 100 ms meanwhile, as Prometheus would; the last answer, the app's state fetched just before it exited:\n%s", addr, indent(last))
 	w.showEvents(sc, seen)
 	w.say("The slot is free again, so worker-3 is admitted now:")
 	if _, err := w.kubectl("-n", w.ns, "create", "-f", rel(filepath.Join(w.dir, "worker-3.yaml"))); err != nil {
@@ -618,6 +613,40 @@ func sidecarSample(addr, series string) (float64, error) {
 		}
 	}
 	return 0, nil
+}
+
+// scraping fetches a URL at an interval in the background, keeping the last
+// body answered.
+type scraping struct {
+	done chan struct{}
+	last chan string
+}
+
+func startScraping(url string, every time.Duration) *scraping {
+	s := &scraping{done: make(chan struct{}), last: make(chan string, 1)}
+	go func() {
+		var last string
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for {
+			if body, err := get(url); err == nil {
+				last = body
+			}
+			select {
+			case <-s.done:
+				s.last <- last
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return s
+}
+
+// stop ends the scraping and returns the last body answered ("" if none).
+func (s *scraping) stop() string {
+	close(s.done)
+	return <-s.last
 }
 
 func get(url string) (string, error) {
