@@ -130,6 +130,10 @@ func (c *Cluster) WaitReady(ctx context.Context, r Release, withRedis bool, prog
 			if err == nil && ready != "" && ready == desired {
 				break
 			}
+			if ready == "" && desired != "" {
+				// The API server leaves out a count of zero.
+				got = "0/" + desired
+			}
 			if now := fmt.Sprintf("%s %s: %s ready", w[0], w[1], got); now != last && progress != nil {
 				progress(now)
 				last = now
