@@ -101,9 +101,10 @@ func walkthrough(ctx context.Context, cfg config, st *state, out io.Writer) erro
 func (w *walker) environment(*metricsApp) error {
 	w.section("The environment")
 	w.say("kube-apiserver runs at %s with etcd and kube-controller-manager, but no kubelet: pods are admitted and stored, never run. "+
-		"The webhook runs as a local process at %s, backed by 3 Redis nodes (%s). The chart is installed as release %q in %s, "+
+		"The webhook runs as a local process at %s, backed by 3 Redis nodes (%s; it waits up to %s for each, not the default 50 ms, "+
+		"since a workstation's disk may be busy). The chart is installed as release %q in %s, "+
 		"and its MutatingWebhookConfiguration now calls the local webhook by URL instead of the chart's Service.",
-		w.st.APIServer, w.st.WebhookURL, strings.Join(w.st.RedisAddrs, ", "), w.st.Release, w.st.ReleaseNamespace)
+		w.st.APIServer, w.st.WebhookURL, strings.Join(w.st.RedisAddrs, ", "), demoRedisTimeout, w.st.Release, w.st.ReleaseNamespace)
 	if _, err := w.kubectl("get", "mutatingwebhookconfiguration", w.st.WebhookConfig,
 		"-o", `jsonpath={.webhooks[0].clientConfig.url}{"\n"}failurePolicy={.webhooks[0].failurePolicy} sideEffects={.webhooks[0].sideEffects}{"\n"}{.webhooks[0].matchConditions[0].expression}{"\n"}`); err != nil {
 		return err

@@ -18,6 +18,12 @@ const (
 	// demoLeaseTTL is the webhook's --lease-ttl in the demo: short enough
 	// that the walkthrough's sidecar renews a few times while it runs.
 	demoLeaseTTL = 6 * time.Second
+	// demoRedisTimeout is the webhook's --redis-timeout in the demo. Its
+	// Redis nodes fsync every write (appendfsync always, as in production)
+	// on the disk of a workstation that may be busy building, where an
+	// fsync takes longer than the default 50 ms, and the walkthrough's bare
+	// pods have no controller to retry a denial for no quorum.
+	demoRedisTimeout = time.Second
 	// sidecarImage is what the injected container would run in a cluster;
 	// nothing pulls it here.
 	sidecarImage = "ghcr.io/kaidotio/prometheus-metrics-proxy-hook:0.1.0"
@@ -72,6 +78,7 @@ func startWebhook(ctx context.Context, bin, dir, kubeconfig string, redisAddrs [
 			"--redis-password-file="+passwordFile,
 			"--lease-url="+base,
 			"--lease-ttl="+demoLeaseTTL.String(),
+			"--redis-timeout="+demoRedisTimeout.String(),
 			"--sidecar-image="+sidecarImage,
 			// TokenReviews and pod lookups for the lease API.
 			"--kubeconfig="+kubeconfig,
