@@ -30,12 +30,18 @@ REGISTRY_VERSION=v3.1.2
 COREDNS_VERSION=v1.15.0
 
 KUBE_NETWORK_POLICIES_VERSION=v0.8.0
+# kube-router enforces NetworkPolicies with iptables and ipset where the kernel
+# lacks the nftables queue expression kube-network-policies needs; only its
+# firewall runs. v2.1.0 is the only version the Go module proxy serves, and it
+# has reported security flaws: it runs only inside the test node, on loopback
+# and the test pod network, and is never shipped in an image or the chart.
+KUBE_ROUTER_VERSION=v2.1.0
 
 # registry is the OCI registry the images are pushed to (src/testenv/registry);
 # coredns goes into the cluster DNS image (src/testenv/images); the kubelet,
-# kube-scheduler, kube-proxy and kube-network-policies run the node
-# (src/testenv/kubenode).
-GO_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl helm ct actionlint registry coredns kube-network-policies)
+# kube-scheduler, kube-proxy and kube-network-policies or kube-router run the
+# node (src/testenv/kubenode).
+GO_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl helm ct actionlint registry coredns kube-network-policies kube-router)
 PROMETHEUS_VERSION=v0.316.0
 PROMETHEUS_OPERATOR_VERSION=v0.85.0
 
@@ -50,7 +56,7 @@ GO_TOOLS+=(prometheus-k8s prometheus-operator)
 # /usr/lib/cni), and the netfilter and link tools kube-proxy, the kubelet and
 # the harness call.
 APT_TOOLS=(etcd:etcd-server redis-server:redis-server redis-cli:redis-tools prometheus:prometheus yamllint:yamllint openssl:openssl busybox:busybox-static
-	containerd:containerd runc:runc /usr/lib/cni/bridge:containernetworking-plugins iptables:iptables conntrack:conntrack nft:nftables ip:iproute2)
+	containerd:containerd runc:runc /usr/lib/cni/bridge:containernetworking-plugins iptables:iptables conntrack:conntrack nft:nftables ip:iproute2 ipset:ipset)
 
 die() {
 	echo "install-tools: $*" >&2
@@ -82,6 +88,7 @@ tool_module() {
 	case $1 in
 	kube-apiserver | kube-controller-manager | kube-scheduler | kubelet | kube-proxy | kubectl) echo kubernetes ;;
 	kube-network-policies) echo kube-network-policies ;;
+	kube-router) echo kube-router ;;
 	helm) echo helm ;;
 	ct) echo chart-testing ;;
 	actionlint) echo actionlint ;;
@@ -97,6 +104,7 @@ tool_package() {
 	case $1 in
 	kube-apiserver | kube-controller-manager | kube-scheduler | kubelet | kube-proxy | kubectl) echo "k8s.io/kubernetes/cmd/$1" ;;
 	kube-network-policies) echo sigs.k8s.io/kube-network-policies/cmd ;;
+	kube-router) echo github.com/cloudnativelabs/kube-router/v2/cmd/kube-router ;;
 	helm) echo helm.sh/helm/v3/cmd/helm ;;
 	ct) echo github.com/helm/chart-testing/v3/ct ;;
 	actionlint) echo github.com/rhysd/actionlint/cmd/actionlint ;;
@@ -115,6 +123,7 @@ tool_version() {
 	chart-testing) echo "$CT_VERSION" ;;
 	actionlint) echo "$ACTIONLINT_VERSION" ;;
 	kube-network-policies) echo "$KUBE_NETWORK_POLICIES_VERSION" ;;
+	kube-router) echo "$KUBE_ROUTER_VERSION" ;;
 	registry) echo "$REGISTRY_VERSION" ;;
 	coredns) echo "$COREDNS_VERSION" ;;
 	prometheus) echo "$PROMETHEUS_VERSION" ;;
@@ -157,6 +166,7 @@ tool_ldflags() {
 	chart-testing) echo "-X github.com/helm/chart-testing/v3/ct/cmd.Version=$v" ;;
 	actionlint) echo "-X github.com/rhysd/actionlint.version=$v" ;;
 	kube-network-policies) echo "" ;;
+	kube-router) echo "-X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$v" ;;
 	registry) echo "-X github.com/distribution/distribution/v3/version.version=$v" ;;
 	# CoreDNS's version is a constant of its source; only the commit is a flag.
 	coredns) echo "-X github.com/coredns/coredns/coremain.GitCommit=$v" ;;
