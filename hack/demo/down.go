@@ -66,7 +66,7 @@ func down(cfg config) int {
 	}
 	what := "the webhook, 3 Redis nodes, kube-controller-manager, kube-apiserver and etcd"
 	if st, err := cfg.dir.readState(); err == nil && st.Mode == modeNode {
-		what = "the chart's pods, the node (kubelet, containerd, kube-proxy, CoreDNS, kube-network-policies), the control plane and the registry"
+		what = "the chart's pods, the node (kubelet, containerd, kube-proxy, CoreDNS, the NetworkPolicy enforcer), the control plane and the registry"
 	}
 	fmt.Printf("Stopping the demo (daemon pid %d): %s...\n", pid, what)
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {

@@ -40,7 +40,7 @@ func chooseMode(cfg config, out io.Writer) (mode string, ok bool) {
 	}
 	fmt.Fprintln(out, "Starting the demo environment in the background: the project's, Redis', CoreDNS' and an app's")
 	fmt.Fprintln(out, "images built from this checkout without Docker and pushed to an OCI registry on loopback; a control")
-	fmt.Fprintln(out, "plane, kube-scheduler, a kubelet on containerd and runc, kube-proxy, CoreDNS and kube-network-policies;")
+	fmt.Fprintln(out, "plane, kube-scheduler, a kubelet on containerd and runc, kube-proxy, CoreDNS and a NetworkPolicy enforcer;")
 	fmt.Fprintln(out, "then the chart, installed from that registry with helm.")
 	return modeNode, true
 }

@@ -64,7 +64,7 @@ func runNode(ctx context.Context, cfg config, st *state, logger *log.Logger) err
 		return nodeBusy(fmt.Errorf("cannot start the node: %w", err))
 	}
 	defer func() {
-		logger.Print("stopping the node (the pods, kube-network-policies, CoreDNS, kube-proxy, kube-scheduler, the kubelet, containerd, the control plane) and the registry")
+		logger.Print("stopping the node (the pods, the NetworkPolicy enforcer, CoreDNS, kube-proxy, kube-scheduler, the kubelet, containerd, the control plane) and the registry")
 		if err := c.Stop(); err != nil {
 			logger.Printf("stopping the node: %v", err)
 		}
@@ -129,6 +129,7 @@ func describeNode(c *chartnode.Cluster, cfg config, st *state) error {
 	}
 	st.Kubeconfig, st.APIServer = cfg.dir.kubeconfig(), c.Node.URL
 	st.NodeIP, st.Registry = c.Node.IP, c.Registry.Host
+	st.NetworkPolicyEnforcer = c.Node.NetworkPolicyEnforcer
 	st.NetworkPoliciesUnenforced = c.Node.NetworkPoliciesUnenforced
 	st.Chart = c.Chart.URL + ":" + c.Chart.Version
 	for _, name := range []string{"kubelet", "containerd", "kube-proxy", "kube-scheduler"} {

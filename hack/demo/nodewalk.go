@@ -57,9 +57,12 @@ func nodeWalkthrough(ctx context.Context, cfg config, st *state, out io.Writer) 
 
 func (w *nodeWalk) environment() error {
 	w.section("The environment: the chart on a real node")
-	netpol := "kube-network-policies enforcing NetworkPolicies"
+	netpol := w.st.NetworkPolicyEnforcer + " enforcing NetworkPolicies"
+	if w.st.NetworkPolicyEnforcer == kubenode.EnforcerKubeRouter {
+		netpol = "kube-router's firewall alone enforcing NetworkPolicies with iptables and ipset (this kernel lacks the nftables queue expression kube-network-policies needs)"
+	}
 	if w.st.NetworkPoliciesUnenforced != "" {
-		netpol = "no NetworkPolicy enforcer (this kernel lacks what kube-network-policies needs, so the chart's NetworkPolicies are stored but not enforced)"
+		netpol = "no NetworkPolicy enforcer (this kernel lacks what kube-network-policies and kube-router need, so the chart's NetworkPolicies are stored but not enforced)"
 	}
 	w.say("What runs for real on this machine: etcd, kube-apiserver, kube-controller-manager and kube-scheduler; a kubelet "+
 		"(node %s at %s) on containerd and runc, with a CNI bridge for the pods; kube-proxy routing Services through iptables; "+

@@ -77,6 +77,9 @@ type state struct {
 	Registry    string `json:"registry,omitempty"`
 	Chart       string `json:"chart,omitempty"`
 	HelmInstall string `json:"helmInstall,omitempty"`
+	// NetworkPolicyEnforcer names what enforces NetworkPolicies on the node
+	// (kube-network-policies or kube-router; "" when nothing does).
+	NetworkPolicyEnforcer string `json:"networkPolicyEnforcer,omitempty"`
 	// NetworkPoliciesUnenforced says why the node does not enforce
 	// NetworkPolicies ("" when it does).
 	NetworkPoliciesUnenforced string `json:"networkPoliciesUnenforced,omitempty"`

@@ -18,8 +18,8 @@ DEMO_BIN   := $(BIN_DIR)/pmph-demo
 # Kubernetes module, kubectl, and Debian's etcd and redis-server; on the node
 # also the node's programs, the registry, helm, and what the images hold.
 DEMO_TOOLS := kube-apiserver kube-controller-manager kubectl etcd redis-server
-DEMO_NODE_TOOLS := kube-scheduler kubelet kube-proxy kube-network-policies registry helm coredns \
-	containerd runc /usr/lib/cni/bridge iptables conntrack nft ip busybox redis-cli
+DEMO_NODE_TOOLS := kube-scheduler kubelet kube-proxy kube-network-policies kube-router registry helm coredns \
+	containerd runc /usr/lib/cni/bridge iptables conntrack nft ip ipset busybox redis-cli
 # The node's tools only where the node can run: Linux, root, not asked away.
 DEMO_ON_NODE := $(and $(filter Linux,$(shell uname -s)),$(filter 0,$(shell id -u)),$(filter-out control-plane,$(DEMO_MODE)))
 

@@ -7,17 +7,10 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 )
-
-// serviceAccountDir is where rest.InClusterConfig reads its token and CA;
-// kube-network-policies knows no other way to find its API server.
-const serviceAccountDir = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 // startCoreDNS applies the CoreDNS manifest and waits for its pod to be
 // Ready, which its readiness probe makes depend on having synced with the
@@ -48,77 +41,6 @@ func (n *Node) startCoreDNS(ctx context.Context) error {
 	}
 	n.logf("CoreDNS is Ready at %s", n.ClusterDNS)
 	return nil
-}
-
-// nfqueueProbe is a ruleset with the nftables queue expression, which
-// kube-network-policies uses to hand packets of pods under a policy to its
-// user-space evaluator. `nft -c` makes the kernel check it without applying.
-const nfqueueProbe = `table inet pmph-kubenode-probe {
-	chain forward {
-		type filter hook forward priority 0; policy accept;
-		queue num 100 bypass
-	}
-}
-`
-
-// networkPoliciesUnsupported says why kube-network-policies cannot enforce
-// NetworkPolicies on this kernel ("" when it can).
-func networkPoliciesUnsupported() string {
-	cmd := exec.Command("nft", "-c", "-f", "-")
-	cmd.Stdin = strings.NewReader(nfqueueProbe)
-	out, err := cmd.CombinedOutput()
-	if err == nil {
-		return ""
-	}
-	return fmt.Sprintf("kube-network-policies queues packets to user space with the nftables queue expression, and this kernel refuses it (nft -c said: %s)",
-		strings.Join(strings.Fields(string(out)), " "))
-}
-
-// startNetworkPolicies runs kube-network-policies on the host. It reads its
-// API server only from the in-cluster service account files, so it runs in a
-// mount namespace of its own where those paths show the admin token and the
-// API server's CA.
-func (n *Node) startNetworkPolicies(ctx context.Context, bin string, metricsPort int) error {
-	if reason := networkPoliciesUnsupported(); reason != "" {
-		n.NetworkPoliciesUnenforced = reason
-		n.logf("NetworkPolicies are stored but not enforced: %s", reason)
-		return nil
-	}
-	saDir := filepath.Join(n.Dir, "kube-network-policies", "serviceaccount")
-	if err := writeFiles(map[string]string{
-		filepath.Join(saDir, "token"):  n.Token,
-		filepath.Join(saDir, "ca.crt"): string(n.CACertPEM),
-	}); err != nil {
-		return err
-	}
-	if err := os.MkdirAll(serviceAccountDir, 0o755); err != nil {
-		return fmt.Errorf("cannot create the mount point %s: %w", serviceAccountDir, err)
-	}
-	_, port, err := net.SplitHostPort(strings.TrimPrefix(n.URL, "https://"))
-	if err != nil {
-		return err
-	}
-	script := `mount --bind "$1" "$2" && shift 2 && exec "$@"`
-	args := []string{"--mount", "--propagation", "private", "sh", "-c", script, "sh", saDir, serviceAccountDir,
-		bin,
-		"--hostname-override=" + n.Name,
-		"--metrics-bind-address=127.0.0.1:" + strconv.Itoa(metricsPort),
-		// containerd 1.6 has no NRI; pod addresses come from the API.
-		"--disable-nri",
-	}
-	env := []string{"KUBERNETES_SERVICE_HOST=127.0.0.1", "KUBERNETES_SERVICE_PORT=" + port}
-	_, err = n.run(ctx, "kube-network-policies", "unshare", args, env, httpHealthy(metricsPort, "/metrics"))
-	return err
-}
-
-// removeServiceAccountDir removes the mount point startNetworkPolicies made,
-// and its parents, where they are empty.
-func removeServiceAccountDir() {
-	for d := serviceAccountDir; d != "/var/run"; d = filepath.Dir(d) {
-		if os.Remove(d) != nil {
-			return
-		}
-	}
 }
 
 // httpHealthy probes http://127.0.0.1:port/healthz (or the given path).

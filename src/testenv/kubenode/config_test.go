@@ -33,11 +33,35 @@ func TestJumpsToOwn(t *testing.T) {
 		{"-A INPUT -j KUBE-FIREWALL", true},
 		{"-A FORWARD -j " + guardChain, true},
 		{"-A POSTROUTING -g CNI-HOSTPORT-MASQ", true},
+		{`-A FORWARD -m comment --comment "kube-router netpol - 4IA2OSFRMVNDXBVV" -j KUBE-ROUTER-FORWARD`, true},
+		{`-A KUBE-ROUTER-FORWARD -m physdev --physdev-is-bridged -s 10.244.0.5/32 -j KUBE-POD-FW-ABCDEFGHIJKLMNOP`, true},
 		{"-A INPUT -j ACCEPT", false},
 		{"-A DOCKER-USER -j RETURN", false},
 	} {
 		if got := jumpsToOwn(splitRule(tc.rule)); got != tc.want {
 			t.Errorf("jumpsToOwn(%q) = %v, want %v", tc.rule, got, tc.want)
+		}
+	}
+}
+
+func TestOwnSet(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		want bool
+	}{
+		{"KUBE-SRC-ABCDEFGHIJKLMNOP", true},
+		{"KUBE-DST-ABCDEFGHIJKLMNOP", true},
+		{"inet6:KUBE-SRC-ABCDEFGHIJKLMNOP", true},
+		{"TMP-ABCDEFGHIJKLMN23", true},
+		{"inet6:TMP-ABCDEFGHIJKLMN23", true},
+		{probeSet, true},
+		{"TMP-backup", false},
+		{"TMP-ABCDEFGHIJKLMN239", false},
+		{"KUBE-CLUSTER-IP", false},
+		{"cali40all-hosts", false},
+	} {
+		if got := ownSet(tc.name); got != tc.want {
+			t.Errorf("ownSet(%q) = %v, want %v", tc.name, got, tc.want)
 		}
 	}
 }

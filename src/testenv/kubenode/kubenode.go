@@ -1,8 +1,9 @@
 // Package kubenode runs a real Kubernetes node on this machine for tests and
 // the demo: kubetest's control plane plus kube-scheduler, a kubelet on
 // Debian's containerd and runc, a CNI bridge network, kube-proxy (iptables),
-// CoreDNS as a Deployment in kube-system, kube-network-policies enforcing
-// NetworkPolicies, and a default StorageClass whose claims bind to local
+// CoreDNS as a Deployment in kube-system, a NetworkPolicy enforcer
+// (kube-network-policies where the kernel has the nftables queue expression,
+// kube-router's firewall where it has ipset), and a default StorageClass whose claims bind to local
 // PersistentVolumes made beforehand (CreateLocalVolumes). Pods run for real.
 //
 // The node takes the whole machine: iptables, the kubelet's cgroups and the
@@ -88,9 +89,13 @@ type Node struct {
 	PodCIDR string
 	// ClusterDNS is the ClusterIP of the kube-dns Service.
 	ClusterDNS string
+	// NetworkPolicyEnforcer names the program that enforces NetworkPolicies
+	// (EnforcerKubeNetworkPolicies or EnforcerKubeRouter), "" when none can
+	// run on this kernel.
+	NetworkPolicyEnforcer string
 	// NetworkPoliciesUnenforced says why NetworkPolicies are not enforced on
-	// this node ("" when kube-network-policies enforces them): the kernel
-	// must support the nftables queue expression.
+	// this node ("" when an enforcer runs): the kernel has neither the
+	// nftables queue expression nor ipset with the iptables set match.
 	NetworkPoliciesUnenforced string
 	// Dir is the working directory: one log per component, the kubelet's
 	// root directory, containerd's state.
@@ -285,8 +290,8 @@ func (n *Node) forwardAPIServer() error {
 
 // binaries are the paths of the node's programs.
 type binaries struct {
-	toolsBin                                      string
-	scheduler, kubelet, proxy, netpol, containerd string
+	toolsBin                              string
+	scheduler, kubelet, proxy, containerd string
 }
 
 func findBinaries() (binaries, error) {
@@ -297,7 +302,6 @@ func findBinaries() (binaries, error) {
 	b := binaries{toolsBin: dir}
 	for name, dst := range map[string]*string{
 		"kube-scheduler": &b.scheduler, "kubelet": &b.kubelet, "kube-proxy": &b.proxy,
-		"kube-network-policies": &b.netpol,
 	} {
 		if *dst, err = kubetest.Tool(name); err != nil {
 			return binaries{}, err
@@ -320,14 +324,14 @@ func findBinaries() (binaries, error) {
 
 // startNode starts, in order, containerd (and imports the images), the
 // kubelet, kube-scheduler, kube-proxy, CoreDNS, the default StorageClass and
-// kube-network-policies.
+// the NetworkPolicy enforcer.
 func (n *Node) startNode(ctx context.Context, b binaries) error {
-	ports, err := localproc.FreePorts(6)
+	ports, err := localproc.FreePorts(7)
 	if err != nil {
 		return err
 	}
-	kubeletPort, kubeletHealthz, schedPort, proxyHealthz, proxyMetrics, netpolMetrics :=
-		ports[0], ports[1], ports[2], ports[3], ports[4], ports[5]
+	kubeletPort, kubeletHealthz, schedPort, proxyHealthz, proxyMetrics, netpolMetrics, netpolHealthz :=
+		ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], ports[6]
 	a := n.addr
 	kcfg := filepath.Join(n.Dir, "kubeconfig")
 	if err := writeFiles(map[string]string{kcfg: kubeconfig(n.URL, n.Token, n.CACertPEM)}); err != nil {
@@ -390,7 +394,7 @@ func (n *Node) startNode(ctx context.Context, b binaries) error {
 	if err := n.createStorageClass(ctx); err != nil {
 		return err
 	}
-	return n.startNetworkPolicies(ctx, b.netpol, netpolMetrics)
+	return n.startNetworkPolicies(ctx, kcfg, netpolMetrics, netpolHealthz)
 }
 
 func (n *Node) startContainerd(ctx context.Context, bin string, a addressing) error {
@@ -508,8 +512,8 @@ func (n *Node) ContainerLogPath(namespace, pod, uid, container string, restartCo
 func (n *Node) podLogsDir() string { return filepath.Join(n.Dir, "kubelet", "pods-logs") }
 
 // LogTail returns the last lines of a component's log: "containerd",
-// "kubelet", "kube-scheduler", "kube-proxy", "kube-network-policies", or one
-// of the control plane's.
+// "kubelet", "kube-scheduler", "kube-proxy", the NetworkPolicy enforcer
+// (NetworkPolicyEnforcer), or one of the control plane's.
 func (n *Node) LogTail(component string, lines int) string {
 	for _, p := range n.procs {
 		if p.name == component {
@@ -524,8 +528,8 @@ func (n *Node) LogTail(component string, lines int) string {
 
 // Stop stops every component (the kubelet before the pods' processes,
 // containerd's shims with it), stops the control plane, removes the node's
-// mounts, links, iptables chains and directories, restores IP forwarding and
-// releases the machine. It is safe to call more than once.
+// mounts, links, iptables chains, ipsets and directories, restores IP
+// forwarding and releases the machine. It is safe to call more than once.
 func (n *Node) Stop() error {
 	if n == nil {
 		return nil

@@ -288,7 +288,7 @@ func runServer(t *testing.T, n *Node, ns, name string) string {
 }
 
 // checkClean asserts that a stopped node left no process, mount, link,
-// iptables chain, cgroup, record or directory behind.
+// iptables chain, ipset, cgroup, record or directory behind.
 func checkClean(t *testing.T, dir, forwarding string, sockets map[string]bool) {
 	t.Helper()
 	if pids := markedPids(); len(pids) > 0 {
@@ -314,6 +314,9 @@ func checkClean(t *testing.T, dir, forwarding string, sockets map[string]bool) {
 	}
 	if out, err := exec.Command("nft", "list", "table", "inet", knpTable).CombinedOutput(); err == nil {
 		t.Errorf("the nftables table of kube-network-policies is left:\n%s", out)
+	}
+	if sets := leftoverSets(); len(sets) > 0 {
+		t.Errorf("ipsets are left: %v", sets)
 	}
 	if got := readForwarding(t); got != forwarding {
 		t.Errorf("%s is %s after Stop, want %s as before the node", ipForward, got, forwarding)

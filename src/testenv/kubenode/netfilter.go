@@ -16,14 +16,23 @@ const (
 	// table, which packets pass before any filter rule kube-proxy adds.
 	guardChain = "PMPH-KUBENODE-GUARD"
 	// knpTable is the nftables table kube-network-policies creates.
-	knpTable    = "kube-network-policies"
-	ipForward   = "/proc/sys/net/ipv4/ip_forward"
-	iptables    = "iptables"
-	ip6tables   = "ip6tables"
-	tableMangle = "mangle"
+	knpTable = "kube-network-policies"
+	// kubeRouterTmpSet starts the name of the sets kube-router fills and
+	// swaps in for its own; a crash between the two leaves one behind.
+	kubeRouterTmpSet = "TMP-"
+	// ipv6SetPrefix starts the name of every IPv6 set kube-router makes.
+	ipv6SetPrefix = "inet6:"
+	ipForward     = "/proc/sys/net/ipv4/ip_forward"
+	iptables      = "iptables"
+	ip6tables     = "ip6tables"
+	tableMangle   = "mangle"
 )
 
 var netfilterTables = []string{"filter", "nat", tableMangle, "raw"}
+
+// setPrefixes name the ipsets a node creates: kube-router's sets of pod and
+// block addresses, and the harness's probe.
+var setPrefixes = []string{"KUBE-SRC-", "KUBE-DST-", probeSet}
 
 func runCmd(name string, args ...string) error {
 	out, err := exec.Command(name, args...).CombinedOutput()
@@ -70,9 +79,11 @@ func restoreForwarding(old string) error {
 // cleanNetfilter removes kube-proxy's rules (with its own --cleanup), then
 // every chain with one of chainPrefixes in every table of iptables and
 // ip6tables (the kubelet's KUBE-KUBELET-CANARY and KUBE-FIREWALL,
-// kube-proxy's KUBE-IPTABLES-HINT, the portmap plugin's CNI- chains, the
-// guard) together with the rules that jump to them, and the nftables table of
-// kube-network-policies.
+// kube-proxy's KUBE-IPTABLES-HINT, kube-router's KUBE-ROUTER-, KUBE-POD-FW-
+// and KUBE-NWPLCY- chains, the portmap plugin's CNI- chains, the guard)
+// together with the rules that jump to them, the nftables table of
+// kube-network-policies, and, once no rule refers to them, kube-router's
+// ipsets.
 func cleanNetfilter(toolsBin string) error {
 	var errs []error
 	if proxy := filepath.Join(toolsBin, "kube-proxy"); isExecutable(proxy) {
@@ -95,7 +106,52 @@ func cleanNetfilter(toolsBin string) error {
 			_ = exec.Command("nft", "delete", "table", family, knpTable).Run()
 		}
 	}
+	errs = append(errs, destroySets())
 	return errors.Join(errs...)
+}
+
+// destroySets destroys the node's ipsets. The kernel refuses to destroy a
+// set an iptables rule still matches, so it runs after the chains are gone.
+func destroySets() error {
+	var errs []error
+	for _, name := range leftoverSets() {
+		if err := runCmd("ipset", "destroy", name); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// leftoverSets lists the ipsets the node creates that exist.
+func leftoverSets() []string {
+	if _, err := exec.LookPath("ipset"); err != nil {
+		return nil
+	}
+	out, err := exec.Command("ipset", "list", "-n").Output()
+	if err != nil {
+		return nil
+	}
+	var ours []string
+	for name := range strings.FieldsSeq(string(out)) {
+		if ownSet(name) {
+			ours = append(ours, name)
+		}
+	}
+	return ours
+}
+
+// ownSet reports whether an ipset is one the node creates. kube-router's
+// swap sets are TMP- and 16 base32 letters, which keeps other programs' TMP-
+// sets out.
+func ownSet(name string) bool {
+	name = strings.TrimPrefix(name, ipv6SetPrefix)
+	for _, p := range setPrefixes {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	rest, ok := strings.CutPrefix(name, kubeRouterTmpSet)
+	return ok && len(rest) == 16 && strings.Trim(rest, "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567") == ""
 }
 
 // cleanTable deletes the jumps to our chains from the other chains, then

@@ -32,14 +32,15 @@ const (
 	killTimeout = 20 * time.Second
 )
 
-// chainPrefixes name the iptables chains a node creates: kube-proxy's and the
-// kubelet's (KUBE-), the portmap plugin's (CNI-) and the harness's own guard.
-var chainPrefixes = []string{"KUBE-", "CNI-", guardChain}
+// chainPrefixes name the iptables chains a node creates: kube-proxy's, the
+// kubelet's and kube-router's (KUBE-), the portmap plugin's (CNI-) and the
+// harness's own guard and probe.
+var chainPrefixes = []string{"KUBE-", "CNI-", guardChain, probeChain}
 
 // sweep removes everything a node may leave on the machine: the processes it
 // started (found by their environment marker) and the shims containerd
 // started, the pods' processes (found by their cgroup), mounts under its
-// directories, its links, its iptables chains and nftables table, the
+// directories, its links, its iptables chains, nftables table and ipsets, the
 // kubelet's log links, and the directories themselves. It runs before a start
 // (for a run that crashed) and as the last step of Stop. Every step runs even
 // when an earlier one failed.

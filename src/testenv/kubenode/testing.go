@@ -31,7 +31,11 @@ func StartForTest(t testing.TB, opts Options) *Node {
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			for _, c := range []string{"kubelet", "containerd", "kube-proxy"} {
+			components := []string{"kubelet", "containerd", "kube-proxy"}
+			if n.NetworkPolicyEnforcer != "" {
+				components = append(components, n.NetworkPolicyEnforcer)
+			}
+			for _, c := range components {
 				t.Logf("%s log tail:\n%s", c, n.LogTail(c, 30))
 			}
 		}
