@@ -60,7 +60,10 @@ func TestChartDefaults(t *testing.T) {
 // API server reaches the webhook (admission), the webhook reaches Redis and
 // DNS (helm test's quorum test) and the API server (its leader Lease), the
 // helm test reaches the webhook's metrics, and the sidecars reach the lease
-// API (their start gate opens).
+// API (their start gate opens); and what they must refuse, each refusal
+// paired with a control (checkRefusals). The refusals skip, saying why, only
+// on a kernel where no enforcer can run (kubenode picks kube-network-policies
+// or kube-router by what the kernel has).
 func TestChartNetworkPolicies(t *testing.T) {
 	c := sharedCluster(t)
 	// As a user would: the API server's real address and port replace the
