@@ -1,5 +1,5 @@
 // Tools module for github.com/cloudnativelabs/kube-router/v2. It has its own
-// module because it pins its own client-go, not the one of
+// module because it pins client-go v0.29, not the v0.37 of
 // hack/tools/kubernetes.
 module github.com/kaidotio/prometheus-metrics-proxy-hook/hack/tools/kube-router
 
