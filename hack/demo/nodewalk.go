@@ -57,12 +57,14 @@ func nodeWalkthrough(ctx context.Context, cfg config, st *state, out io.Writer) 
 
 func (w *nodeWalk) environment() error {
 	w.section("The environment: the chart on a real node")
-	netpol := w.st.NetworkPolicyEnforcer + " enforcing NetworkPolicies"
-	if w.st.NetworkPolicyEnforcer == kubenode.EnforcerKubeRouter {
-		netpol = "kube-router's firewall alone enforcing NetworkPolicies with iptables and ipset (this kernel lacks the nftables queue expression kube-network-policies needs)"
-	}
-	if w.st.NetworkPoliciesUnenforced != "" {
+	var netpol string
+	switch {
+	case w.st.NetworkPoliciesUnenforced != "":
 		netpol = "no NetworkPolicy enforcer (this kernel lacks what kube-network-policies and kube-router need, so the chart's NetworkPolicies are stored but not enforced)"
+	case w.st.NetworkPolicyEnforcer == kubenode.EnforcerKubeRouter:
+		netpol = "kube-router's firewall alone enforcing NetworkPolicies with iptables and ipset (this kernel lacks the nftables queue expression kube-network-policies needs)"
+	default:
+		netpol = "kube-network-policies enforcing NetworkPolicies"
 	}
 	w.say("What runs for real on this machine: etcd, kube-apiserver, kube-controller-manager and kube-scheduler; a kubelet "+
 		"(node %s at %s) on containerd and runc, with a CNI bridge for the pods; kube-proxy routing Services through iptables; "+
