@@ -158,7 +158,11 @@ func (n *Node) startKubeNetworkPolicies(ctx context.Context, bin string, metrics
 // startKubeRouter runs kube-router's network policy controller on the host
 // and waits until it is healthy and has written its rules once. Its health
 // server has no address flag and listens on every address of the machine
-// (loopback, the node's address, the bridge's gateway).
+// (loopback, the node's address, the bridge's gateway). Each of its syncs
+// saves the whole filter table and restores it without --noflush (upstream
+// issue 1372), so a change kube-proxy writes to its filter chains between
+// the two is undone until kube-proxy's next sync; the Service and endpoint
+// changes that trigger one are frequent in the tests.
 func (n *Node) startKubeRouter(ctx context.Context, bin, kubeconfig string, metricsPort, healthPort int) error {
 	_, err := n.run(ctx, EnforcerKubeRouter, bin, []string{
 		"--kubeconfig=" + kubeconfig,
