@@ -310,6 +310,55 @@ done
 if [ ${#apt_pairs[@]} -gt 0 ]; then
 	"$ROOT/hack/ensure-apt.sh" "${apt_pairs[@]}"
 fi
+
+# The node runs one NetworkPolicy enforcer, the first this kernel can run
+# (src/testenv/kubenode/netpolicy.go probes the same way): kube-network-policies
+# needs the nftables queue expression, kube-router ipset and the iptables set
+# match. Building one that cannot run here costs minutes on a cold cache.
+nfqueue_probe='table inet pmph-kubenode-probe {
+	chain forward {
+		type filter hook forward priority 0; policy accept;
+		queue num 100 bypass
+	}
+}'
+can_run_enforcer() {
+	case $1 in
+	kube-network-policies)
+		printf '%s\n' "$nfqueue_probe" | nft -c -f - >/dev/null 2>&1
+		;;
+	kube-router)
+		local ok=1
+		if ipset create pmph-kubenode-probe hash:ip 2>/dev/null; then
+			iptables -t filter -N PMPH-KUBENODE-PROBE 2>/dev/null &&
+				iptables -t filter -A PMPH-KUBENODE-PROBE -m set --match-set pmph-kubenode-probe src -j RETURN 2>/dev/null && ok=0
+			iptables -t filter -F PMPH-KUBENODE-PROBE 2>/dev/null || true
+			iptables -t filter -X PMPH-KUBENODE-PROBE 2>/dev/null || true
+			ipset destroy pmph-kubenode-probe 2>/dev/null || true
+		fi
+		return $ok
+		;;
+	esac
+}
+enforcer_wanted() {
+	can_run_enforcer "$1" || return 1
+	# kube-router runs only where kube-network-policies cannot.
+	[ "$1" = kube-router ] && can_run_enforcer kube-network-policies && return 1
+	return 0
+}
+kept=()
+for tool in ${go_requested[@]+"${go_requested[@]}"}; do
+	case $tool in
+	kube-network-policies | kube-router)
+		if ! enforcer_wanted "$tool"; then
+			echo ">> not building $tool: the node runs the other NetworkPolicy enforcer on this kernel, or none (see src/testenv/kubenode/netpolicy.go)" >&2
+			continue
+		fi
+		;;
+	esac
+	kept+=("$tool")
+done
+go_requested=(${kept[@]+"${kept[@]}"})
+
 [ ${#go_requested[@]} -eq 0 ] && exit 0
 
 command -v "$GO" >/dev/null 2>&1 || die "the go command ('$GO') is not on PATH; install Go 1.26 or set GO."
