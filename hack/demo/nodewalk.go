@@ -138,8 +138,8 @@ func (w *nodeWalk) deployment() error {
 		"creates the next pod once a slot frees up.", workersSize, w.ns+"/"+workersKey)
 	if res, err := w.quiet("-n", w.ns, "get", "events", "--field-selector", "reason=FailedCreate", "-o", "jsonpath={.items[*].message}"); err == nil &&
 		strings.Contains(res.Stdout, "no Redis quorum") {
-		w.say("A denial for no Redis quorum right after the install is Redis' start delay: without persistence a Redis pod " +
-			"waits 5 s before it serves, so that no lease it forgot is granted twice.")
+		w.say("A denial for no Redis quorum right after the install came from Redis pods still starting. The ReplicaSet " +
+			"retried, as it does for a full semaphore.")
 	}
 	return nil
 }
