@@ -321,36 +321,35 @@ nfqueue_probe='table inet pmph-kubenode-probe {
 		queue num 100 bypass
 	}
 }'
-can_run_enforcer() {
-	case $1 in
-	kube-network-policies)
-		printf '%s\n' "$nfqueue_probe" | nft -c -f - >/dev/null 2>&1
-		;;
-	kube-router)
-		local ok=1
-		if ipset create pmph-kubenode-probe hash:ip 2>/dev/null; then
-			iptables -t filter -N PMPH-KUBENODE-PROBE 2>/dev/null &&
-				iptables -t filter -A PMPH-KUBENODE-PROBE -m set --match-set pmph-kubenode-probe src -j RETURN 2>/dev/null && ok=0
-			iptables -t filter -F PMPH-KUBENODE-PROBE 2>/dev/null || true
-			iptables -t filter -X PMPH-KUBENODE-PROBE 2>/dev/null || true
-			ipset destroy pmph-kubenode-probe 2>/dev/null || true
-		fi
-		return $ok
-		;;
-	esac
+nfqueue_works() {
+	printf '%s\n' "$nfqueue_probe" | nft -c -f - >/dev/null 2>&1
 }
-enforcer_wanted() {
-	can_run_enforcer "$1" || return 1
-	# kube-router runs only where kube-network-policies cannot.
-	[ "$1" = kube-router ] && can_run_enforcer kube-network-policies && return 1
-	return 0
+ipset_works() {
+	local ok=1
+	if ipset create pmph-kubenode-probe hash:ip 2>/dev/null; then
+		iptables -t filter -N PMPH-KUBENODE-PROBE 2>/dev/null &&
+			iptables -t filter -A PMPH-KUBENODE-PROBE -m set --match-set pmph-kubenode-probe src -j RETURN 2>/dev/null && ok=0
+		iptables -t filter -F PMPH-KUBENODE-PROBE 2>/dev/null || true
+		iptables -t filter -X PMPH-KUBENODE-PROBE 2>/dev/null || true
+		ipset destroy pmph-kubenode-probe 2>/dev/null || true
+	fi
+	return $ok
+}
+node_enforcer() {
+	if nfqueue_works; then
+		echo kube-network-policies
+	elif ipset_works; then
+		echo kube-router
+	fi
 }
 kept=()
+enforcer=""
 for tool in ${go_requested[@]+"${go_requested[@]}"}; do
 	case $tool in
 	kube-network-policies | kube-router)
-		if ! enforcer_wanted "$tool"; then
-			echo ">> not building $tool: the node runs the other NetworkPolicy enforcer on this kernel, or none (see src/testenv/kubenode/netpolicy.go)" >&2
+		[ -n "$enforcer" ] || enforcer=$(node_enforcer)
+		if [ "$tool" != "$enforcer" ]; then
+			echo ">> not building $tool: the node runs ${enforcer:-no NetworkPolicy enforcer} on this kernel (see src/testenv/kubenode/netpolicy.go)" >&2
 			continue
 		fi
 		;;

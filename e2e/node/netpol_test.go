@@ -64,7 +64,7 @@ type probe struct{ namespace, pod string }
 
 func (p probe) String() string { return p.namespace + "/" + p.pod }
 
-// run runs command in the pod, bounded by 5 seconds, and returns its output,
+// run runs command in the pod, which gives it 5 seconds, and returns its output,
 // or the error that says how it failed.
 func (p probe) run(ctx context.Context, c *cluster, command []string) string {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
@@ -101,7 +101,7 @@ func (r *release) selectorLabels(t *testing.T, component string) map[string]stri
 			Selector struct{ MatchLabels map[string]string }
 		}
 	}
-	if err := json.Unmarshal([]byte(r.c.kubectl(t, "-n", r.Namespace, "get", "deployment", r.Fullname, "-o", "json")), &dep); err != nil {
+	if err := r.c.getJSON(t.Context(), &dep, "-n", r.Namespace, "deployment", r.Fullname); err != nil {
 		t.Fatal(err)
 	}
 	labels := dep.Spec.Selector.MatchLabels
