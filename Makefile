@@ -57,15 +57,9 @@ lint:
 .PHONY: test
 test: lint $(TEST_TARGETS)
 
-# -p counts running test binaries as well as compiles, and defaults to the
-# number of cores. The node's test packages hold a slot each while they wait
-# for the machine's one node (e2e/node runs for 16-20 min), which on 2 cores
-# left one slot, or none, for every other compile and test.
-TEST_PARALLEL ?= 4
-
 .PHONY: test-go
 test-go: apt-deps $(TEST_DEPS)
-	$(GO) test -race -count=1 -p $(TEST_PARALLEL) -timeout 60m ./...
+	$(GO) test -race -count=1 -timeout 60m ./...
 
 # The micro-benchmarks, the load scenarios against the webhook and a no-op
 # floor, memory and binary size; rewrites the figures in docs/performance.md
