@@ -1,8 +1,10 @@
 package gobuild_test
 
 import (
+	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"testing"
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/buildinfo"
@@ -41,7 +43,8 @@ func TestBuildsShareOneDirectory(t *testing.T) {
 	if filepath.Dir(webhook) != filepath.Dir(sidecar) {
 		t.Fatalf("the commands were built into two directories: %s and %s", webhook, sidecar)
 	}
-	leftovers, err := filepath.Glob(filepath.Join(filepath.Dir(webhook), "*.tmp*"))
+	// Only this process's: a build killed in an earlier run may have left its own.
+	leftovers, err := filepath.Glob(filepath.Join(filepath.Dir(webhook), "*.tmp"+strconv.Itoa(os.Getpid())))
 	if err != nil || len(leftovers) > 0 {
 		t.Fatalf("half-written builds left behind: %v (%v)", leftovers, err)
 	}
