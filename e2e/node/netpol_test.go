@@ -64,8 +64,9 @@ type probe struct{ namespace, pod string }
 
 func (p probe) String() string { return p.namespace + "/" + p.pod }
 
-// run runs command in the pod, which gives it 5 seconds, and returns its output,
-// or the error that says how it failed.
+// run runs command in the pod under the pod's own `timeout 5`, so that a
+// refused or dropped connection ends there, and returns its output, or the
+// error that says how it failed.
 func (p probe) run(ctx context.Context, c *cluster, command []string) string {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
