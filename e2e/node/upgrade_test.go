@@ -14,6 +14,7 @@ import (
 
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/leaseapi"
 	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/semaphore"
+	"github.com/kaidotio/prometheus-metrics-proxy-hook/src/testenv/cri"
 )
 
 // chartLeaseTTL is the chart's default webhook.leaseTTL, and so its Redis
@@ -47,6 +48,7 @@ func TestUpgradeFromPreviousRelease(t *testing.T) {
 	w := workload{Name: "legacy", Namespace: "legacy", Key: "jobs", Size: 2, Replicas: 3}
 	name := w.Namespace + "/" + w.Key
 	c.appNamespace(t, w.Namespace)
+	rec := c.recordContainers(t, w.Namespace)
 	w.apply(t, c)
 	old := w.waitRunning(t, c)
 	holders := legacyPods(t, c, w, old)
@@ -191,6 +193,7 @@ func TestUpgradeFromPreviousRelease(t *testing.T) {
 		return
 	}
 	t.Logf("the third pod %s ran %s after the delete", third, time.Since(deletedAt).Round(100*time.Millisecond))
+	checkAppsAtMostSize(t, c, rec, w, deleted, third)
 	thirdHolder := checkNewInjection(t, c, w, third)
 	seen.waitLeases(t, r, "the kept old lease and the third pod's recorded one", name, w.Size, func(leases []semaphore.HeldLease) string {
 		want := map[string]string{kept: holders[kept]}
@@ -220,6 +223,37 @@ func TestUpgradeFromPreviousRelease(t *testing.T) {
 		t.Error(err)
 	}
 	logWatched(t, seen.observations())
+}
+
+// checkAppsAtMostSize waits until the deleted pod's app exited and the
+// third pod's app started, as the container runtime reports them, and
+// checks from the runtime's StartedAt and FinishedAt of every app container
+// of the workload that at most Size of them ran at any instant.
+func checkAppsAtMostSize(t *testing.T, c *cluster, rec *cri.Recorder, w workload, deleted, third string) {
+	t.Helper()
+	var gone, next cri.Container
+	c.waitContainers(t, rec, "the deleted pod's app exited and the third pod's app started", func(cs []cri.Container) (bool, string) {
+		for _, ct := range started(cs, "") {
+			switch ct.PodName {
+			case deleted:
+				gone = ct
+			case third:
+				next = ct
+			}
+		}
+		return gone.Exited() && !next.StartedAt.IsZero(), describe(cs)
+	})
+	cs, err := rec.Containers()
+	if err != nil {
+		t.Error(err)
+	}
+	conc := cri.Overlap(cri.Running(started(cs, "")), w.Size, time.Now())
+	t.Logf("at most %d app containers ran at once on a semaphore of size %d (CRI times); the third pod's app started %s after the deleted pod's app finished",
+		conc.Max, w.Size, next.StartedAt.Sub(gone.FinishedAt).Round(time.Millisecond))
+	if conc.Max > w.Size {
+		t.Errorf("%d app containers ran at once on a semaphore of size %d, from %s (%v), for %s in total",
+			conc.Max, w.Size, conc.MaxAt.Format(time.RFC3339Nano), conc.AtMax, conc.Over)
+	}
 }
 
 // legacyPods checks that the previous release injected the running pods
@@ -390,17 +424,14 @@ func logWatched(t *testing.T, seen []observation) {
 	if len(seen) == 0 {
 		return
 	}
-	most, failed := 0, 0
+	failed := 0
 	for _, o := range seen {
-		if o.PodErr == nil {
-			most = max(most, len(o.Running))
-		}
 		if o.LeaseErr != nil {
 			failed++
 		}
 	}
-	t.Logf("%d looks over %s: at most %d pods running, %d looks without a Redis quorum", len(seen),
-		seen[len(seen)-1].At.Sub(seen[0].At).Round(time.Second), most, failed)
+	t.Logf("%d looks at the semaphore over %s, %d of them without a Redis quorum", len(seen),
+		seen[len(seen)-1].At.Sub(seen[0].At).Round(time.Second), failed)
 }
 
 // waitRedisAvailable waits until every Redis pod has been Ready for at
