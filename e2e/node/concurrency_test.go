@@ -106,10 +106,7 @@ func checkHandovers(t *testing.T, c *cluster, ns string, native bool) {
 	// Regular mode holds here too (docs/sidecar.md): the sidecar keeps the
 	// slot until the app stops answering its metrics endpoint, which this
 	// app does only as it exits.
-	if conc.Max <= 1 {
-		return
-	}
-	t.Errorf("%d app containers ran at once on a semaphore of size 1 (%v), for %s in total", conc.Max, conc.AtMax, conc.Over)
+	errorIfOver(t, conc, 1)
 }
 
 // checkLateStart keeps a pod Pending (a scheduling gate) past its startup
@@ -173,8 +170,8 @@ func checkLateStart(t *testing.T, c *cluster, ns string, native bool) {
 	}
 	// Regular mode does not hold an app back (docs/sidecar.md): only
 	// measured there.
-	if conc := reportConcurrency(t, rec, 1, native, "a pod Pending past its startup timeout"); native && conc.Max > 1 {
-		t.Errorf("%d app containers ran at once on a semaphore of size 1 (%v), for %s in total", conc.Max, conc.AtMax, conc.Over)
+	if conc := reportConcurrency(t, rec, 1, native, "a pod Pending past its startup timeout"); native {
+		errorIfOver(t, conc, 1)
 	}
 }
 
@@ -183,12 +180,7 @@ func checkLateStart(t *testing.T, c *cluster, ns string, native bool) {
 // long after the previous app finished the next one started.
 func reportConcurrency(t *testing.T, rec *cri.Recorder, size int, native bool, what string) cri.Concurrency {
 	t.Helper()
-	cs, err := rec.Containers()
-	if err != nil {
-		t.Error(err)
-	}
-	apps := started(cs, "")
-	conc := cri.Overlap(cri.Running(apps), size, time.Now())
+	apps, conc := appConcurrency(t, rec, size)
 	var handovers []string
 	for i := 1; i < len(apps); i++ {
 		prev := apps[i-1]
@@ -201,6 +193,28 @@ func reportConcurrency(t *testing.T, rec *cri.Recorder, size int, native bool, w
 	t.Logf("%s mode, %s, semaphore of size %d: at most %d app containers ran at once (first at %s: %v), more than %d for %s in total; handovers (next StartedAt - previous FinishedAt): %s",
 		modeName(native), what, size, conc.Max, conc.MaxAt.Format(time.RFC3339Nano), conc.AtMax, size, conc.Over, strings.Join(handovers, "; "))
 	return conc
+}
+
+// appConcurrency sweeps the recorded app containers' [StartedAt,
+// FinishedAt) intervals, in start order, against size; a container whose
+// finish time the recorder missed fails t.
+func appConcurrency(t *testing.T, rec *cri.Recorder, size int) ([]cri.Container, cri.Concurrency) {
+	t.Helper()
+	cs, err := rec.Containers()
+	if err != nil {
+		t.Error(err)
+	}
+	apps := started(cs, "")
+	return apps, cri.Overlap(cri.Running(apps), size, time.Now())
+}
+
+// errorIfOver fails t when more than size app containers ran at once.
+func errorIfOver(t *testing.T, conc cri.Concurrency, size int) {
+	t.Helper()
+	if conc.Max > size {
+		t.Errorf("%d app containers ran at once on a semaphore of size %d, from %s (%v), for %s in total",
+			conc.Max, size, conc.MaxAt.Format(time.RFC3339Nano), conc.AtMax, conc.Over)
+	}
 }
 
 func modeName(native bool) string {

@@ -243,17 +243,10 @@ func checkAppsAtMostSize(t *testing.T, c *cluster, rec *cri.Recorder, w workload
 		}
 		return gone.Exited() && !next.StartedAt.IsZero(), describe(cs)
 	})
-	cs, err := rec.Containers()
-	if err != nil {
-		t.Error(err)
-	}
-	conc := cri.Overlap(cri.Running(started(cs, "")), w.Size, time.Now())
+	_, conc := appConcurrency(t, rec, w.Size)
 	t.Logf("at most %d app containers ran at once on a semaphore of size %d (CRI times); the third pod's app started %s after the deleted pod's app finished",
 		conc.Max, w.Size, next.StartedAt.Sub(gone.FinishedAt).Round(time.Millisecond))
-	if conc.Max > w.Size {
-		t.Errorf("%d app containers ran at once on a semaphore of size %d, from %s (%v), for %s in total",
-			conc.Max, w.Size, conc.MaxAt.Format(time.RFC3339Nano), conc.AtMax, conc.Over)
-	}
+	errorIfOver(t, conc, w.Size)
 }
 
 // legacyPods checks that the previous release injected the running pods
